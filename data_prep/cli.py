@@ -1,0 +1,65 @@
+"""eofm-prep: prepare training shards from EO archives.
+
+  eofm-prep run CONFIG.yaml [key=value ...]   archives -> shards + manifest.json
+  eofm-prep verify DATASET                    re-read a dataset and check it against its manifest
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from data_prep.recipe import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eofm-prep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="prepare shards and manifest.json from a prep recipe",
+                       description="Read the products named by the recipe, cut chips, write WebDataset "
+                                   "shards and manifest.json into output.path. Re-running a finished "
+                                   "dataset with the same recipe does nothing.")
+    r.add_argument("config", help="prep recipe (YAML), e.g. configs/prep/quickstart.yaml")
+    r.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides of recipe keys, e.g. chips.size=64 output.path=runs/data")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    v = sub.add_parser("verify", help="check a dataset against its manifest",
+                       description="Re-read every shard: existence, size, sha256, sample count, "
+                                   "sample schema, and recomputed statistics vs manifest.json.")
+    v.add_argument("dataset", help="dataset folder or fsspec URL (the folder holding manifest.json)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from data_prep.manifest import ManifestError
+    from data_prep.run import PrepError
+    try:
+        if args.command == "run":
+            from data_prep.config import PrepConfig
+            from data_prep.recipe import load_recipe
+            from data_prep.run import run
+            cfg = load_recipe(PrepConfig, args.config, args.overrides)
+            m = run(cfg, progress=not args.quiet)
+            skipped = [p for p in m["products"] if p["outcome"] != "written"]
+            print(f"dataset: {cfg.output.path}  samples: {m['samples']}  shards: {len(m['shards'])}  "
+                  f"products written: {len(m['products']) - len(skipped)}  skipped: {len(skipped)}")
+            for p in skipped:
+                print(f"  skipped {p['path']}: {p.get('reason')}")
+            return 0
+        from data_prep.verify import verify
+        problems = verify(args.dataset, progress=not args.quiet)
+        for line in problems:
+            print(f"PROBLEM {line}")
+        print(f"{args.dataset}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 0 if not problems else 1
+    except (ConfigError, PrepError, ManifestError) as err:
+        print(f"eofm-prep: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

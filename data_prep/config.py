@@ -1,0 +1,54 @@
+"""The prep recipe (configs/prep/*.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class SourceSpec:
+    kind: str = "sentinel2_folder"          # key of data_prep.sources.SOURCES
+    paths: list[str] = field(default_factory=list)   # product folders or folders holding them
+    resampling: Literal["bilinear", "nearest", "cubic"] = "bilinear"   # coarse bands -> 10 m
+
+    def __post_init__(self):
+        from data_prep.sources import SOURCES
+        if self.kind not in SOURCES:
+            raise ValueError(f"kind {self.kind!r} unknown (known: {', '.join(SOURCES)})")
+        if not self.paths:
+            raise ValueError("paths is empty: give product folders or folders that contain them")
+
+
+@dataclass
+class ChipSpec:
+    size: int = 128                  # pixels on the target grid
+    stride: int = 0                  # 0 = size (no overlap)
+    min_valid_fraction: float = 0.9  # drop chips with fewer valid pixels
+
+    def __post_init__(self):
+        if self.size <= 0:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if self.stride < 0:
+            raise ValueError(f"stride must be >= 0, got {self.stride}")
+        if not 0.0 <= self.min_valid_fraction <= 1.0:
+            raise ValueError(f"min_valid_fraction must be in [0, 1], got {self.min_valid_fraction}")
+
+
+@dataclass
+class OutputSpec:
+    path: str = "runs/prep"              # local folder or fsspec URL
+    format: Literal["webdataset"] = "webdataset"
+    shard_prefix: str = "eo"
+    target_shard_mb: float = 256.0       # shards are sealed between products past this size
+    overwrite: bool = False              # replace a different dataset already at `path`
+
+
+@dataclass
+class PrepConfig:
+    sources: list[SourceSpec] = field(default_factory=list)
+    chips: ChipSpec = field(default_factory=ChipSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+
+    def __post_init__(self):
+        if not self.sources:
+            raise ValueError("sources is empty: the recipe must name at least one source")

@@ -1,0 +1,82 @@
+"""The sample contract shared by writers and training loaders.
+
+On disk (one WebDataset sample = files sharing a key):
+  <key>.image.npy  stored integers (T, C, H, W); physical = stored * scale[c] + offset[c]
+  <key>.valid.npy  bool (T, H, W); False = nodata / cloud / shadow / saturated
+  <key>.json       metadata: sensor, bands, wavelengths_nm, gsd_m, times, lonlat, crs,
+                   transform, product_ids, scale, offset, units, dtype (+ optional landcover)
+Decoded, a sample is a dict with `key`, `image`, `valid` (numpy) and the metadata keys.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+REQUIRED_META = ("sensor", "bands", "wavelengths_nm", "gsd_m", "times", "lonlat", "crs",
+                 "transform", "product_ids", "scale", "offset", "units")
+
+
+class SampleError(ValueError):
+    pass
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode(sample: dict) -> dict[str, bytes]:
+    """Sample dict -> {'image.npy': ..., 'valid.npy': ..., 'json': ...} (key handled by the writer)."""
+    check(sample)
+    meta = {k: v for k, v in sample.items() if k not in ("key", "image", "valid")}
+    return {
+        "image.npy": _npy(sample["image"]),
+        "valid.npy": _npy(sample["valid"].astype(bool)),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+
+
+def decode(files: dict[str, bytes], key: str) -> dict:
+    """Inverse of encode. `files` maps extension -> bytes."""
+    try:
+        image = np.load(io.BytesIO(files["image.npy"]), allow_pickle=False)
+        valid = np.load(io.BytesIO(files["valid.npy"]), allow_pickle=False)
+        meta = json.loads(files["json"])
+    except KeyError as err:
+        raise SampleError(f"sample {key}: missing entry {err.args[0]}") from None
+    except ValueError as err:
+        raise SampleError(f"sample {key}: cannot decode: {err}") from None
+    sample = {"key": key, "image": image, "valid": valid, **meta}
+    check(sample)
+    return sample
+
+
+def check(sample: dict) -> None:
+    """Raise SampleError unless `sample` follows the contract."""
+    key = sample.get("key", "?")
+    missing = [k for k in ("key", "image", "valid", *REQUIRED_META) if k not in sample]
+    if missing:
+        raise SampleError(f"sample {key}: missing {', '.join(missing)}")
+    img, valid = sample["image"], sample["valid"]
+    if img.ndim != 4:
+        raise SampleError(f"sample {key}: image must be (T, C, H, W), got shape {img.shape}")
+    if img.dtype.kind not in "iu":
+        raise SampleError(f"sample {key}: image must be stored as integers, got {img.dtype}")
+    t, c, h, w = img.shape
+    if valid.shape != (t, h, w):
+        raise SampleError(f"sample {key}: valid must be {(t, h, w)}, got {valid.shape}")
+    for name in ("bands", "wavelengths_nm", "scale", "offset"):
+        if len(sample[name]) != c:
+            raise SampleError(f"sample {key}: {name} has {len(sample[name])} entries for {c} bands")
+    if len(sample["times"]) != t:
+        raise SampleError(f"sample {key}: times has {len(sample['times'])} entries for {t} frames")
+
+
+def physical(sample: dict) -> np.ndarray:
+    """Stored integers -> float32 physical values (T, C, H, W)."""
+    scale = np.asarray(sample["scale"], np.float32)[None, :, None, None]
+    offset = np.asarray(sample["offset"], np.float32)[None, :, None, None]
+    return sample["image"].astype(np.float32) * scale + offset

@@ -1,0 +1,64 @@
+"""Outputs of a fine-tuning run: metrics.json, confusion_<protocol>.png, config.yaml, a table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def confusion_figure(confusion, classes, title: str, path: str) -> None:
+    """Save a confusion matrix (K, K) (rows true, columns predicted) as a PNG.
+    Colours are row-normalised (recall per true class) so rare classes stay readable;
+    cells show the raw counts."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.6 * k + 2.5, 1.4 * k + 1.8))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), [c.replace("_", "\n") for c in classes])
+    ax.set_yticks(range(k), [c.replace("_", "\n") for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(cfg, report: dict) -> Path:
+    """Write config.yaml, metrics.json and one confusion figure per protocol into cfg.output.path."""
+    from data_prep.recipe import save_recipe
+
+    out = Path(cfg.output.path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(cfg, out)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out / "metrics.json")  # atomic: a metrics.json present is complete
+    classes = report["label_source"]["classes"]
+    for name, r in report["protocols"].items():
+        title = (f"{name}: accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f} "
+                 f"(n_test={r['n_test']})\nlabels: {report['label_source']['name']}"
+                 + (" (pipeline check, not a benchmark)" if report["label_source"].get("note") else ""))
+        confusion_figure(r["confusion"], classes, title, str(out / f"confusion_{name}.png"))
+    return out
+
+
+def table(report: dict) -> str:
+    """Short text table: protocol, accuracy, macro-F1, n_train/n_test, seconds."""
+    lines = [f"{'protocol':<26} {'accuracy':>8} {'macro-F1':>8} {'train/test':>11} {'time':>7}"]
+    for name, r in report["protocols"].items():
+        lines.append(f"{name:<26} {r['accuracy']:>8.3f} {r['macro_f1']:>8.3f} "
+                     f"{r['n_train']:>5}/{r['n_test']:<5} {r['seconds']:>6.1f}s")
+    return "\n".join(lines)

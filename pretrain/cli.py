@@ -1,0 +1,70 @@
+"""eofm-pretrain: self-supervised pretraining from prepared shards.
+
+  eofm-pretrain CONFIG.yaml [key=value ...]      train (or resume) as the recipe says
+  eofm-pretrain plot RUN_DIR                     redraw training.png from RUN_DIR/metrics.jsonl
+
+Runs as one process, or under torchrun / deepspeed / srun with the same arguments, e.g.
+  torchrun --nproc_per_node 8 -m pretrain configs/pretrain/mae_vit_base.yaml train.out=runs/b16
+The run folder (train.out) receives config.yaml (the resolved recipe), metrics.jsonl,
+checkpoints/ (DeepSpeed; resumed automatically), training.png and reconstructions.png.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from data_prep.recipe import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eofm-pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="pretraining recipe (YAML), e.g. configs/pretrain/quickstart.yaml; "
+                                  "or the word 'plot' followed by a run folder")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. objective.mask_ratio=0.8 train.steps=100 engine.zero_stage=2")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help="set by the deepspeed launcher; eofm reads LOCAL_RANK from the environment")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.config == "plot":
+        if len(args.overrides) != 1:
+            print("eofm-pretrain: error: usage: eofm-pretrain plot RUN_DIR", file=sys.stderr)
+            return 2
+        from pretrain.plots import plot_run
+        try:
+            print(plot_run(args.overrides[0]))
+        except FileNotFoundError as err:
+            print(f"eofm-pretrain: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    from data_prep.manifest import ManifestError
+    from data_prep.recipe import load_recipe
+    from pretrain.config import PretrainConfig
+    try:
+        cfg = load_recipe(PretrainConfig, args.config, args.overrides)
+        from data_prep.manifest import read
+        read(cfg.data.path)  # fail before starting processes/engines if the data is not there
+    except (ConfigError, ManifestError) as err:
+        print(f"eofm-pretrain: error: {err}", file=sys.stderr)
+        return 2
+    from pretrain.train import NonFiniteLoss, train
+    try:
+        record = train(cfg)
+    except NonFiniteLoss as err:
+        print(f"eofm-pretrain: error: {err}", file=sys.stderr)
+        return 3
+    import os
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"run folder: {cfg.train.out}  final loss: {record.get('loss', float('nan')):.4f}  "
+              f"step: {record.get('step')}  checkpoints: {cfg.train.out}/checkpoints")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

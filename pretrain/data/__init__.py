@@ -1,0 +1,1 @@
+"""Training data: streaming WebDataset loader, normalisation from the manifest, collation."""

@@ -128,8 +128,11 @@ def block_id(sample: dict, block_m: float) -> str:
     t, crs = sample["transform"], str(sample["crs"])
     x, y = float(t[2]), float(t[5])
     if _is_geographic(crs):
-        x = x * M_PER_DEG_LON_EQUATOR * math.cos(math.radians(y))
         y = y * M_PER_DEG_LAT
+        # Scale longitude by the cosine of the block ROW's latitude, not the chip's own: with
+        # the chip's, block edges would shear with latitude and split neighbouring chips.
+        row_lat = math.floor(y / block_m) * block_m / M_PER_DEG_LAT
+        x = x * M_PER_DEG_LON_EQUATOR * math.cos(math.radians(row_lat))
     product = sample["product_ids"][0] if sample["product_ids"] else ""
     return f"{crs}|{product}|{math.floor(x / block_m)}|{math.floor(y / block_m)}"
 

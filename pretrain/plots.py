@@ -53,12 +53,13 @@ def plot_run(run_dir: str | Path) -> Path:
     return out
 
 
-def _rgb(img: np.ndarray, wavelengths: np.ndarray) -> np.ndarray:
-    """(C,H,W) normalised -> (H,W,3) in [0,1], bands nearest to red/green/blue, 2-98% stretch."""
+def _rgb(img: np.ndarray, wavelengths: np.ndarray, lo_hi: tuple | None = None) -> tuple[np.ndarray, tuple]:
+    """(C,H,W) normalised -> ((H,W,3) in [0,1], (lo, hi)): bands nearest to red/green/blue,
+    2-98% stretch (computed here unless given, so several panels can share one stretch)."""
     idx = [int(np.argmin(np.abs(wavelengths - w))) for w in RGB_WAVELENGTHS]
     rgb = np.stack([img[i] for i in idx], -1).astype(np.float32)
-    lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
-    return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
+    lo, hi = lo_hi if lo_hi is not None else (np.percentile(rgb, 2), np.percentile(rgb, 98))
+    return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1), (lo, hi)
 
 
 @torch.no_grad()
@@ -79,10 +80,11 @@ def plot_reconstructions(objective, batch: dict, path: str | Path, device, dtype
     rows = min(n, image.shape[0])
     fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), squeeze=False)
     for r in range(rows):
-        shown = np.where(mask[r][None], 0.0, image[r])
-        for ax, im, title in zip(axes[r], (image[r], shown, np.where(mask[r][None], pred[r], image[r])),
-                                 ("input", "visible to encoder", "reconstruction")):
-            ax.imshow(_rgb(im, wl))
+        rgb_in, stretch = _rgb(image[r], wl)
+        masked = mask[r][..., None]
+        panels = (rgb_in, np.where(masked, 0.5, rgb_in), np.where(masked, _rgb(pred[r], wl, stretch)[0], rgb_in))
+        for ax, im, title in zip(axes[r], panels, ("input", "visible to encoder", "reconstruction")):
+            ax.imshow(im)
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(title)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up .venv and run the test suite (unit tests + the end-to-end run on ../shared/data/real).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash launch/setup.sh
+source .venv/bin/activate
+exec python -m pytest -q "$@"

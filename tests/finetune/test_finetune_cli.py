@@ -1,0 +1,84 @@
+"""End to end: eofm-finetune on a tiny export and a small real dataset; bad inputs."""
+import json
+import math
+
+import pytest
+
+from finetune.cli import main
+
+from conftest import make_export
+
+FAST = ["linear_probe.epochs=20", "finetune.epochs=1", "finetune.batch_size=16", "--quiet"]
+
+
+def run_cli(capsys, *args):
+    rc = main([*args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_end_to_end(capsys, tmp_path, small_dataset, tiny_export):
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={tiny_export}",
+                              f"data.path={small_dataset}", f"output.path={out}", *FAST)
+    assert rc == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["protocols"]) == {"linear_probe", "linear_probe_random_init", "finetune"}
+    for name, r in m["protocols"].items():
+        assert math.isfinite(r["accuracy"]) and math.isfinite(r["macro_f1"])
+        assert 0 <= r["accuracy"] <= 1
+        assert r["n_train"] + r["n_test"] == 32 - m["unlabelled_chips"]
+        assert sum(map(sum, r["confusion"])) == r["n_test"]
+        assert (out / f"confusion_{name}.png").stat().st_size > 0
+    assert m["label_source"]["name"] == "ndvi_cover" and "not a benchmark" in m["label_source"]["note"]
+    assert m["data"] == str(small_dataset) and m["export"] == str(tiny_export)
+    assert sum(m["class_counts"]["all"].values()) == 32 - m["unlabelled_chips"]
+    assert (out / "config.yaml").is_file()
+    assert "linear_probe_random_init" in stdout and str(out) in stdout
+
+    # same seed, same numbers
+    out2 = tmp_path / "out2"
+    assert main(["configs/finetune/quickstart.yaml", f"model.export={tiny_export}", f"data.path={small_dataset}",
+                 f"output.path={out2}", *FAST]) == 0
+    m2 = json.loads((out2 / "metrics.json").read_text())
+    assert {k: v["confusion"] for k, v in m2["protocols"].items()} == \
+           {k: v["confusion"] for k, v in m["protocols"].items()}
+
+
+def test_bad_export_folder(capsys, tmp_path, small_dataset):
+    for folder, expect in ((tmp_path / "missing", "export folder not found"),
+                           (small_dataset, "not an eofm export")):
+        rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={folder}", "--quiet")
+        assert rc == 2
+        assert err.startswith("eofm-finetune: error: ") and str(folder) in err and expect in err
+        assert err.count("\n") == 1
+    wrong = make_export(tmp_path / "wrong", {"s2": {"bands": [], "wavelengths_nm": [], "gsd_m": 10}}, fmt="other")
+    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={wrong}", "--quiet")
+    assert rc == 2 and str(wrong) in err and "format='other'" in err
+
+
+def test_missing_manifest_and_bad_keys(capsys, tmp_path, tiny_export):
+    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={tiny_export}",
+                         f"data.path={tmp_path}", "--quiet")
+    assert rc == 2 and "no manifest.json" in err
+    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", "finetune.layer_decay=2")
+    assert rc == 2 and "layer_decay" in err
+    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", "protocols=[probe]")
+    assert rc == 2 and "protocols[0]" in err
+
+
+def test_sensor_without_statistics(capsys, tmp_path, small_dataset):
+    other = make_export(tmp_path / "other", {"landsat9": {"bands": ["B4"], "wavelengths_nm": [655.0],
+                                                          "mean": [0.1], "std": [0.1], "gsd_m": 30.0}})
+    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={other}",
+                         f"data.path={small_dataset}", "--quiet")
+    assert rc == 2 and "sentinel2_l2a" in err and "normalisation" in err
+
+
+def test_help_lists_every_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for key in ("model.export", "data.path", "data.labels", "data.test_fraction", "data.block_m",
+                "data.seed", "protocols", "linear_probe.epochs", "layer_decay", "output.path", "seed"):
+        assert key in text

@@ -84,7 +84,7 @@ def linear_probe(encoder: nn.Module, task: Task, spec: LinearProbeSpec, seed: in
     f_train = extract_features(encoder, task, train_idx, device, progress, f"{desc}: train features")
     f_test = extract_features(encoder, task, test_idx, device, progress, f"{desc}: test features")
     # Train-split statistics only, so nothing about the test chips leaks into the classifier.
-    mean, std = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
+    mean, std = f_train.mean(0), f_train.std(0, correction=0).clamp_min(1e-6)
     f_train, f_test = (f_train - mean) / std, (f_test - mean) / std
     head = fit_linear(f_train, torch.from_numpy(task.labels[train_idx]), len(task.classes), spec, seed)
     with torch.no_grad():

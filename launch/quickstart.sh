@@ -15,9 +15,9 @@ eofm-prep run configs/prep/quickstart.yaml
 echo; echo "== 2/5 verify shards against the manifest"
 eofm-prep verify "$OUT/data" --quiet
 echo; echo "== 3/5 MAE pretraining (DeepSpeed, ZeRO-1, CPU) -> $OUT/pretrain"
-eofm-pretrain configs/pretrain/quickstart.yaml 2> >(grep -vE "^\[|^W[0-9]{4}|warn" >&2)
+eofm-pretrain configs/pretrain/quickstart.yaml
 echo; echo "== 4/5 export the encoder -> $OUT/export"
-eofm-export "$OUT/pretrain" "$OUT/export" 2> >(grep -vE "^\[|Loading checkpoint" >&2)
+eofm-export "$OUT/pretrain" "$OUT/export"
 echo; echo "== 5/5 linear probe and fine-tuning -> $OUT/finetune"
 eofm-finetune configs/finetune/quickstart.yaml
 echo

@@ -7,6 +7,7 @@ AdamW (`torch_adam`), which DeepSpeed still shards under ZeRO.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -41,13 +42,17 @@ def setup_distributed(backend: str = "auto") -> DistInfo:
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")   # say it, instead of DeepSpeed warning about it
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
     import deepspeed
+    from deepspeed.utils import logger as ds_logger
 
+    ds_logger.setLevel(logging.WARNING)   # keep INFO chatter out of users' logs; our metrics say what matters
     deepspeed.init_distributed(dist_backend=backend, timeout=COLLECTIVE_TIMEOUT)
     return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device)
 

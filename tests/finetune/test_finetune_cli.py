@@ -1,12 +1,16 @@
 """End to end: eofm-finetune on a tiny export and a small real dataset; bad inputs."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
+from data_prep.recipe import load_recipe
 from finetune.cli import main
+from finetune.config import FinetuneConfig
 
-from conftest import make_export
+CONFIGS = Path(__file__).resolve().parents[2] / "configs/finetune"
+QUICKSTART = str(CONFIGS / "quickstart.yaml")
 
 FAST = ["linear_probe.epochs=20", "finetune.epochs=1", "finetune.batch_size=16", "--quiet"]
 
@@ -19,7 +23,7 @@ def run_cli(capsys, *args):
 
 def test_end_to_end(capsys, tmp_path, small_dataset, tiny_export):
     out = tmp_path / "out"
-    rc, stdout, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={tiny_export}",
+    rc, stdout, err = run_cli(capsys, QUICKSTART, f"model.export={tiny_export}",
                               f"data.path={small_dataset}", f"output.path={out}", *FAST)
     assert rc == 0, err
     m = json.loads((out / "metrics.json").read_text())
@@ -38,39 +42,39 @@ def test_end_to_end(capsys, tmp_path, small_dataset, tiny_export):
 
     # same seed, same numbers
     out2 = tmp_path / "out2"
-    assert main(["configs/finetune/quickstart.yaml", f"model.export={tiny_export}", f"data.path={small_dataset}",
+    assert main([QUICKSTART, f"model.export={tiny_export}", f"data.path={small_dataset}",
                  f"output.path={out2}", *FAST]) == 0
     m2 = json.loads((out2 / "metrics.json").read_text())
     assert {k: v["confusion"] for k, v in m2["protocols"].items()} == \
            {k: v["confusion"] for k, v in m["protocols"].items()}
 
 
-def test_bad_export_folder(capsys, tmp_path, small_dataset):
+def test_bad_export_folder(capsys, tmp_path, small_dataset, make_export):
     for folder, expect in ((tmp_path / "missing", "export folder not found"),
                            (small_dataset, "not an eofm export")):
-        rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={folder}", "--quiet")
+        rc, _, err = run_cli(capsys, QUICKSTART, f"model.export={folder}", "--quiet")
         assert rc == 2
         assert err.startswith("eofm-finetune: error: ") and str(folder) in err and expect in err
         assert err.count("\n") == 1
     wrong = make_export(tmp_path / "wrong", {"s2": {"bands": [], "wavelengths_nm": [], "gsd_m": 10}}, fmt="other")
-    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={wrong}", "--quiet")
+    rc, _, err = run_cli(capsys, QUICKSTART, f"model.export={wrong}", "--quiet")
     assert rc == 2 and str(wrong) in err and "format='other'" in err
 
 
 def test_missing_manifest_and_bad_keys(capsys, tmp_path, tiny_export):
-    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={tiny_export}",
+    rc, _, err = run_cli(capsys, QUICKSTART, f"model.export={tiny_export}",
                          f"data.path={tmp_path}", "--quiet")
     assert rc == 2 and "no manifest.json" in err
-    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", "finetune.layer_decay=2")
+    rc, _, err = run_cli(capsys, QUICKSTART, "finetune.layer_decay=2")
     assert rc == 2 and "layer_decay" in err
-    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", "protocols=[probe]")
+    rc, _, err = run_cli(capsys, QUICKSTART, "protocols=[probe]")
     assert rc == 2 and "protocols[0]" in err
 
 
-def test_sensor_without_statistics(capsys, tmp_path, small_dataset):
+def test_sensor_without_statistics(capsys, tmp_path, small_dataset, make_export):
     other = make_export(tmp_path / "other", {"landsat9": {"bands": ["B4"], "wavelengths_nm": [655.0],
                                                           "mean": [0.1], "std": [0.1], "gsd_m": 30.0}})
-    rc, _, err = run_cli(capsys, "configs/finetune/quickstart.yaml", f"model.export={other}",
+    rc, _, err = run_cli(capsys, QUICKSTART, f"model.export={other}",
                          f"data.path={small_dataset}", "--quiet")
     assert rc == 2 and "sentinel2_l2a" in err and "normalisation" in err
 
@@ -82,3 +86,10 @@ def test_help_lists_every_key(capsys):
     for key in ("model.export", "data.path", "data.labels", "data.test_fraction", "data.block_m",
                 "data.seed", "protocols", "linear_probe.epochs", "layer_decay", "output.path", "seed"):
         assert key in text
+
+
+@pytest.mark.parametrize("name", ["quickstart", "real_s2"])
+def test_bundled_recipes_load(name):
+    cfg = load_recipe(FinetuneConfig, CONFIGS / f"{name}.yaml")
+    assert cfg.model.export == f"runs/{name}/export" and cfg.data.path == f"runs/{name}/data"
+    assert cfg.protocols == ["linear_probe", "finetune"] and cfg.data.labels == "ndvi_cover"

@@ -64,7 +64,7 @@ def test_prep_pretrain_resume_export_finetune(tmp_path):
 
     ft = tmp_path / "finetune"
     r = _run([sys.executable, "-m", "finetune", "configs/finetune/quickstart.yaml", f"model.export={export}",
-              f"data.path={data}", f"output.path={ft}"])
+              f"data.path={data}", f"output.path={ft}", "finetune.epochs=1"])
     report = json.loads((ft / "metrics.json").read_text())
     for protocol in ("linear_probe", "finetune"):
         assert 0.0 <= report["protocols"][protocol]["accuracy"] <= 1.0

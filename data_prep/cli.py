@@ -20,6 +20,11 @@ def _parser() -> argparse.ArgumentParser:
                        description="Read the products named by the recipe, cut chips, write WebDataset "
                                    "shards and manifest.json into output.path. Re-running a finished "
                                    "dataset with the same recipe does nothing.")
+    from data_prep.config import PrepConfig
+    from data_prep.recipe import describe
+
+    r.epilog = "recipe keys (YAML sections, or dotted key=value overrides):\n" + describe(PrepConfig)
+    r.formatter_class = argparse.RawDescriptionHelpFormatter
     r.add_argument("config", help="prep recipe (YAML), e.g. configs/prep/quickstart.yaml")
     r.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides of recipe keys, e.g. chips.size=64 output.path=runs/data")

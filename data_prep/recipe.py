@@ -53,6 +53,13 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 
 
 def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "|".join(map(str, args))
+    if origin in (list, tuple, dict) and args:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -179,3 +186,49 @@ def save_recipe(obj: Any, folder: str | os.PathLike, name: str = "config.yaml") 
         f.write(yaml.safe_dump(to_dict(obj), sort_keys=False))
     fs.mv(out + ".tmp", out)
     return out
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """name -> trailing '# comment' of its line in the class source (the recipe's help text)."""
+    import inspect
+    import re
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in src.splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def describe(cls: type, prefix: str = "", sections: dict[str, dict[str, type]] | None = None) -> str:
+    """Every recipe key of dataclass `cls` as '  dotted.key  type = default' lines, each followed
+    by the field's source comment as help. Lists of sections show as `key[].sub`.
+    `sections` maps a free-mapping field (e.g. `objective`) to {variant name: dataclass}.
+    """
+    lines = []
+    hints = typing.get_type_hints(cls)
+    notes = _field_comments(cls)
+    for f in dataclasses.fields(cls):
+        key, tp = prefix + f.name, hints[f.name]
+        args = typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            lines.append(describe(tp, key + ".", sections))
+        elif typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):
+            lines.append(f"  {key}  list of sections, each:")
+            lines.append(describe(args[0], key + "[].", sections))
+        elif sections and f.name in sections:
+            for variant, sub in sections[f.name].items():
+                lines.append(f"  {key}.name = {variant!r}")
+                lines.append(describe(sub, f"{key}.", None))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+            lines.append(f"  {key}  {_type_name(tp)} = {default!r}")
+            if f.name in notes:
+                lines.append(f"      {notes[f.name]}")
+    return "\n".join(lines)

@@ -15,31 +15,18 @@ import sys
 
 from data_prep.recipe import ConfigError
 
-KEYS = """\
-recipe keys (YAML sections, or dotted key=value overrides):
-  model.export              export folder written by eofm-export
-  data.path                 prepared eofm dataset (folder holding manifest.json)
-  data.labels               label source (default ndvi_cover: vegetation-cover class from the
-                            chip's own NDVI; a pipeline check, not a benchmark)
-  data.test_fraction        probability that a spatial block goes to the test split (0.25)
-  data.block_m              side of the spatial split blocks in metres (1280)
-  data.seed                 seed of the block -> split hash (0)
-  protocols                 list from [linear_probe, finetune] (both)
-  random_baseline           also linear-probe a randomly initialised encoder (true)
-  linear_probe.epochs/lr/weight_decay/batch_size
-  finetune.epochs/lr/layer_decay/weight_decay/batch_size/head/augment
-                            head: linear or mlp; block i gets lr * layer_decay ** (depth - i)
-  output.path               output folder (runs/finetune)
-  device                    torch device (cpu)
-  seed                      seed of heads, random baseline and batch order (0)
-
+EXAMPLE = """
 example:
   eofm-finetune configs/finetune/quickstart.yaml finetune.epochs=10 output.path=runs/ft10
 """
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eofm-finetune", description=__doc__, epilog=KEYS,
+    from data_prep.recipe import describe
+    from finetune.config import FinetuneConfig
+
+    keys = "recipe keys (YAML sections, or dotted key=value overrides):\n" + describe(FinetuneConfig)
+    p = argparse.ArgumentParser(prog="eofm-finetune", description=__doc__, epilog=keys + "\n" + EXAMPLE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="fine-tuning recipe (YAML), e.g. configs/finetune/quickstart.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",

@@ -18,7 +18,12 @@ from data_prep.recipe import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from data_prep.recipe import describe
+    from pretrain.config import OBJECTIVE_SPECS, PretrainConfig
+
+    keys = describe(PretrainConfig, sections={"objective": OBJECTIVE_SPECS})
     p = argparse.ArgumentParser(prog="eofm-pretrain", description=__doc__,
+                                epilog="recipe keys (YAML sections, or dotted key=value overrides):\n" + keys,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="pretraining recipe (YAML), e.g. configs/pretrain/quickstart.yaml; "
                                   "or the word 'plot' followed by a run folder")

@@ -23,19 +23,19 @@ class DataSpec:
 @dataclass
 class ModelSpec:
     arch: str = "vit"                 # key of pretrain.models.BACKBONES
-    size: Literal["tiny", "small", "base", "large", "huge"] = "base"
-    patch_size: int = 16
+    size: Literal["tiny", "small", "base", "large", "huge"] = "base"   # ViT width/depth/heads (timm sizes)
+    patch_size: int = 16              # pixels per patch side; chip sizes must be multiples
     depth: int = 0                    # 0 = the size's default depth
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = 0.0       # stochastic depth, linearly increasing over blocks
 
 
 @dataclass
 class MAESpec:
-    mask_ratio: float = 0.75
-    decoder_dim: int = 512
-    decoder_depth: int = 8
+    mask_ratio: float = 0.75          # share of patches hidden from the encoder
+    decoder_dim: int = 512            # width of the light decoder
+    decoder_depth: int = 8            # decoder transformer blocks
     decoder_heads: int = 16
-    norm_pix_loss: bool = True
+    norm_pix_loss: bool = True        # targets standardised per patch over its valid pixels
 
     def __post_init__(self):
         if not 0.0 < self.mask_ratio < 1.0:
@@ -49,18 +49,18 @@ OBJECTIVE_SPECS = {"mae": MAESpec}
 @dataclass
 class OptimSpec:
     lr: float = 1.5e-4                # peak learning rate (absolute, not per 256 samples)
-    min_lr: float = 0.0
+    min_lr: float = 0.0               # cosine schedule floor
     weight_decay: float = 0.05        # not applied to biases, norms, tokens
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_steps: int = 100
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])   # AdamW betas
+    warmup_steps: int = 100           # linear warm-up, then cosine decay to min_lr at train.steps
     grad_clip: float = 1.0            # 0 = off
 
 
 @dataclass
 class EngineSpec:
     zero_stage: int = 0               # DeepSpeed ZeRO stage 0-3
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    grad_accum: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # bf16 on recent GPUs; fp16 uses dynamic loss scaling
+    grad_accum: int = 1               # micro-batches per optimizer step
     backend: Literal["auto", "gloo", "nccl"] = "auto"   # auto: nccl with GPUs, else gloo
 
     def __post_init__(self):
@@ -74,12 +74,12 @@ class EngineSpec:
 class TrainSpec:
     steps: int = 1000                 # optimizer steps
     out: str = "runs/pretrain"        # run folder: config.yaml, metrics.jsonl, checkpoints/, plots
-    log_every: int = 10
+    log_every: int = 10               # steps between metrics.jsonl records
     checkpoint_every: int = 500       # also at the end
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2         # most recent checkpoints kept on disk
     resume: bool = True               # continue from out/checkpoints/latest when present
-    seed: int = 0
-    progress: bool = True
+    seed: int = 0                     # model init, masking and data order (each rank offsets it)
+    progress: bool = True             # progress bar on rank 0
 
 
 @dataclass

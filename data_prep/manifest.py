@@ -13,6 +13,7 @@ from pathlib import Path
 import fsspec
 
 import data_prep
+from data_prep.jsondoc import parse_versioned
 
 FORMAT = "eofm-dataset"
 FORMAT_VERSION = 1
@@ -88,15 +89,8 @@ def read(url: str) -> dict:
     path = root if root.endswith(".json") else f"{root}/{NAME}"
     if not fs.exists(path):
         raise ManifestError(f"{path}: no manifest.json (not a prepared eofm dataset, or preparation did not finish)")
-    try:
-        with fs.open(path, "r") as f:
-            m = json.load(f)
-    except ValueError as err:
-        raise ManifestError(f"{path}: not valid JSON: {err}") from None
-    if m.get("format") != FORMAT:
-        raise ManifestError(f"{path}: not an eofm dataset manifest (format={m.get('format')!r})")
-    if m.get("format_version", 0) > FORMAT_VERSION:
-        raise ManifestError(f"{path}: format_version {m['format_version']} is newer than this eofm reads ({FORMAT_VERSION})")
+    with fs.open(path, "r") as f:
+        m = parse_versioned(f.read(), path, FORMAT, FORMAT_VERSION, ManifestError)
     return m
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from data_prep.jsondoc import parse_versioned
+
 FORMAT = "eofm-export"
 FORMAT_VERSION = 1
 
@@ -146,14 +148,9 @@ def load_exported(folder: str | os.PathLike, device: str | torch.device = "cpu")
     cfg_path, weights = folder / "config.json", folder / "model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
         raise ExportError(f"{folder}: not an eofm export (needs config.json and model.safetensors)")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except ValueError as err:
-        raise ExportError(f"{cfg_path}: not valid JSON: {err}") from None
-    if config.get("format") != FORMAT:
-        raise ExportError(f"{cfg_path}: not an eofm export (format={config.get('format')!r})")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ExportError(f"{cfg_path}: format_version {config['format_version']} is newer than this eofm reads")
+    config = parse_versioned(cfg_path.read_text(), str(cfg_path), FORMAT, FORMAT_VERSION, ExportError)
+    if config.get("arch") not in BACKBONES:
+        raise ExportError(f"{cfg_path}: unknown architecture {config.get('arch')!r} (known: {', '.join(BACKBONES)})")
     model = BACKBONES[config["arch"]](**config["model_args"])
     model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     return model.to(device).eval(), config

@@ -5,6 +5,7 @@ returns {"loss": ..., other scalars to log}.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -52,7 +53,7 @@ def _dataset_digest(url: str) -> str:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url)
-    return manifest_mod.hashlib.sha256(fs.cat_file(f"{root}/{manifest_mod.NAME}")).hexdigest()
+    return hashlib.sha256(fs.cat_file(f"{root}/{manifest_mod.NAME}")).hexdigest()
 
 
 def train(cfg: PretrainConfig) -> dict:

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.config import PretrainConfig
     try:
         cfg = load_recipe(PretrainConfig, args.config, args.overrides)
+        import torch
+        if cfg.engine.precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("engine.precision: fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
         from data_prep.manifest import read
         read(cfg.data.path)  # fail before starting processes/engines if the data is not there
     except (ConfigError, ManifestError) as err:

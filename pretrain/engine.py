@@ -109,12 +109,10 @@ def build_engine(model: torch.nn.Module, engine: EngineSpec, optim: OptimSpec, m
 
 
 def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    """Move tensors; float32 inputs take the engine's compute dtype (bf16/fp16 under DeepSpeed)."""
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
-            if v.dtype == torch.float32:
-                v = v.to(dtype)
-        out[k] = v
+    """Move tensors to `device`; the image takes the engine's compute dtype (bf16/fp16 under
+    DeepSpeed). Metadata (wavelengths, gsd, times, lonlat) stays float32/64: bf16 would round
+    664.6 nm to 664 nm and a GSD of 10 m to the nearest 1/16."""
+    out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    if "image" in out:
+        out["image"] = out["image"].to(dtype)
     return out

@@ -87,7 +87,9 @@ class WavelengthMLP(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, wavelengths_nm: torch.Tensor) -> torch.Tensor:
-        e = wavelength_embedding(wavelengths_nm, self.wave_dim)
+        # The code is computed in float32 (bf16 would blur wavelengths by ~4 nm), then takes
+        # the weights' dtype so the MLP also runs under bf16/fp16 engines.
+        e = wavelength_embedding(wavelengths_nm.float(), self.wave_dim).to(self.fc1.weight.dtype)
         return self.fc2(self.act(self.fc1(e)))
 
 

@@ -52,3 +52,11 @@ def test_load_exported_refuses_foreign_folders(tmp_path):
 def test_help(module):
     r = _cli(module, "--help")
     assert r.returncode == 0 and "usage" in r.stdout
+
+
+def test_fp16_without_gpu_is_a_clear_error():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    r = _cli("pretrain", "configs/pretrain/quickstart.yaml", "engine.precision=fp16", "data.path=../shared/data/none")
+    assert r.returncode == 2 and "fp16 needs a GPU" in r.stderr

@@ -137,3 +137,14 @@ def test_only_masked_patches_count():
     mae = make_mae(mask_ratio=0.0)
     out = mae(make_batch())
     assert out["loss"].item() == 0.0 and out["mask_ratio_effective"].item() == 0.0
+
+
+def test_bf16_weights_and_image_train():
+    """What a bf16 DeepSpeed engine feeds the objective: bf16 weights and image, float32 metadata."""
+    mae = make_mae().to(torch.bfloat16)
+    batch = make_batch()
+    batch["image"] = batch["image"].to(torch.bfloat16)
+    out = mae(batch)
+    assert torch.isfinite(out["loss"])          # the loss itself is reduced in float32
+    out["loss"].backward()
+    assert all(p.grad is not None for p in mae.parameters() if p.requires_grad)

@@ -48,3 +48,8 @@ def canonical_s2_band(name: str) -> str:
 def wavelengths(sensor: str, bands: list[str]) -> list[float]:
     table = SENSORS[sensor]
     return [table[b][0] for b in bands]
+
+# SAR has no optical wavelength; the band-agnostic patch embedding needs one number per band.
+# Convention: pseudo-wavelengths in a range no optical/thermal sensor uses (> 15000 nm), one per
+# polarisation, so S1 VV/VH get their own stable codes. They are identifiers, not physics.
+SAR_PSEUDO_WAVELENGTH_NM = {"VV": 40000.0, "VH": 42000.0, "HH": 44000.0, "HV": 46000.0}

@@ -1,5 +1,6 @@
 """eofm-prep: prepare training shards from EO archives.
 
+  eofm-prep scan SOURCE... [--json]           list products (kind, sensor, date, bands, size) or why unreadable
   eofm-prep run CONFIG.yaml [key=value ...]   archives -> shards + manifest.json
   eofm-prep verify DATASET                    re-read a dataset and check it against its manifest
 """
@@ -29,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides of recipe keys, e.g. chips.size=64 output.path=runs/data")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    sc = sub.add_parser("scan", help="list the products under folders or URLs; writes nothing",
+                        description="Walk each SOURCE (folder, product, or fsspec URL), detect every product's "
+                                    "kind, open it, and list kind, sensor, date, bands and size, or the reason it "
+                                    "cannot be read. Exit status 1 when something is unreadable.")
+    sc.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, product path, or fsspec URL")
+    sc.add_argument("--json", action="store_true", help="one JSON object per product per line")
     v = sub.add_parser("verify", help="check a dataset against its manifest",
                        description="Re-read every shard: existence, size, sha256, sample count, "
                                    "sample schema, and recomputed statistics vs manifest.json.")
@@ -55,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
             for p in skipped:
                 print(f"  skipped {p['path']}: {p.get('reason')}")
             return 0
+        if args.command == "scan":
+            import json
+            from data_prep.scan import line, scan
+            bad = 0
+            for rec in scan(args.sources):
+                bad += not rec["readable"]
+                print(json.dumps(rec) if args.json else line(rec), flush=True)
+            return 1 if bad else 0
         from data_prep.verify import verify
         problems = verify(args.dataset, progress=not args.quiet)
         for line in problems:

@@ -7,14 +7,14 @@ from typing import Literal
 
 @dataclass
 class SourceSpec:
-    kind: str = "sentinel2_folder"          # key of data_prep.sources.SOURCES
-    paths: list[str] = field(default_factory=list)   # product folders or folders holding them
+    kind: str = "auto"                      # auto (detect each product) or a key of data_prep.sources.SOURCES
+    paths: list[str] = field(default_factory=list)   # products, folders holding them, or fsspec URLs
     resampling: Literal["bilinear", "nearest", "cubic"] = "bilinear"   # coarse bands -> 10 m
 
     def __post_init__(self):
         from data_prep.sources import SOURCES
-        if self.kind not in SOURCES:
-            raise ValueError(f"kind {self.kind!r} unknown (known: {', '.join(SOURCES)})")
+        if self.kind != "auto" and self.kind not in SOURCES:
+            raise ValueError(f"kind {self.kind!r} unknown (known: auto, {', '.join(SOURCES)})")
         if not self.paths:
             raise ValueError("paths is empty: give product folders or folders that contain them")
 

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from data_prep import chips, manifest
 from data_prep.config import PrepConfig
 from data_prep.recipe import save_recipe, to_dict
-from data_prep.sources import SOURCES, ProductError
+from data_prep.sources import ProductError, find_products, open_product
 from data_prep.stats import DatasetStats
 from data_prep.writers import WRITERS
 
@@ -74,16 +74,17 @@ def run(cfg: PrepConfig, progress: bool = True) -> dict:
     products: list[dict] = []
     todo: list[tuple] = []
     for spec in cfg.sources:
-        source = SOURCES[spec.kind]
+        kinds = None if spec.kind == "auto" else [spec.kind]
         for path in spec.paths:
             try:
-                found = source.find_products(path)
+                found, unknown = find_products(path, kinds)
             except ProductError as err:
                 products.append({"path": path, "outcome": "skipped", "reason": str(err)})
                 continue
-            if not found:
+            if not found and not unknown:
                 products.append({"path": path, "outcome": "skipped", "reason": f"{path}: no products found"})
-            todo += [(spec, source, p) for p in found]
+            products += [{"path": u, "outcome": "skipped", "reason": f"{u}: {why}"} for u, why in unknown]
+            todo += [(spec, kind, p) for kind, p in found]
 
     writer = WRITERS[cfg.output.format](cfg.output.path, cfg.output.shard_prefix,
                                         int(cfg.output.target_shard_mb * 2**20))
@@ -92,23 +93,30 @@ def run(cfg: PrepConfig, progress: bool = True) -> dict:
     size, stride = cfg.chips.size, cfg.chips.stride or cfg.chips.size
     bar = tqdm(todo, desc="prep", unit="product", disable=not progress)
     try:
-        for spec, source, path in bar:
-            record = {"path": path, "kind": spec.kind}
+        for spec, kind, path in bar:
+            record = {"path": path, "kind": kind}
             product_stats = DatasetStats()
             writer.begin()
             try:
-                scene = source.open_product(path, resampling=spec.resampling)
+                scene = open_product(kind, path, resampling=spec.resampling)
                 record.update(product_id=scene.product_id, sensor=scene.sensor, time=scene.time,
                               radiometry=scene.radiometry,
                               checksum="sha256:" + manifest.sha256_files(scene.files))
                 written = dropped = 0
-                for sample, _frac in chips.cut(scene, size, stride, cfg.chips.min_valid_fraction):
+                best = 0.0
+                for sample, frac in chips.cut(scene, size, stride, cfg.chips.min_valid_fraction):
+                    best = max(best, frac)
                     if sample is None:
                         dropped += 1
                         continue
                     writer.add(sample)
                     product_stats.add_sample(sample)
                     written += 1
+                if not written:
+                    raise ProductError(
+                        f"{path}: no valid pixels (all-nodata or fully masked product)" if best == 0.0 else
+                        f"{path}: none of its {dropped} chips reaches min_valid_fraction "
+                        f"{cfg.chips.min_valid_fraction} (best {best:.2f})")
             except (ProductError, OSError) as err:
                 writer.rollback()
                 record.update(outcome="skipped", reason=str(err))
@@ -130,8 +138,7 @@ def run(cfg: PrepConfig, progress: bool = True) -> dict:
         info["stats"] = {b: summary.get(sensor, {}).get(b) for b in info["bands"]}
     m = manifest.build(recipe, products, shards, sensors)
     if m["samples"] == 0:
-        reasons = "; ".join(p.get("reason", f"{p['path']}: all chips below min_valid_fraction")
-                            for p in products) or "no products"
+        reasons = "; ".join(p["reason"] for p in products if p.get("reason")) or "no products"
         raise PrepError(f"no chips written: {reasons}")
     manifest.write(cfg.output.path, m)
     return m

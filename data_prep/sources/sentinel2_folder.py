@@ -26,13 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.windows import Window as RioWindow
-from rasterio.windows import from_bounds
 
 from data_prep.bands import S2_L1C_BANDS, S2_L2A_BANDS, SENTINEL2, canonical_s2_band
+from data_prep.sources.raster import Grid, check_aligned, open_raster, overview, read_on_grid
 from data_prep.sources.scene import ProductError, Scene, Window
+
+KIND = "sentinel2_folder"
 
 NAME_RE = re.compile(
     r"(?P<mission>S2[ABCD])_MSI(?P<level>L1C|L2A)_(?P<sensing>\d{8}T\d{6})_N(?P<baseline>\d{4})_R\d{3}_T(?P<tile>\w{5})"
@@ -45,34 +44,25 @@ SATURATED_DN = 65535
 SCL_INVALID = (0, 1, 3, 8, 9, 10)
 # Share of valid DNs below 1000 above which the -1000 offset cannot apply.
 DARK_SHARE_NO_OFFSET = 0.005
-RESAMPLING = {"bilinear": Resampling.bilinear, "nearest": Resampling.nearest, "cubic": Resampling.cubic}
 
 
-def _band_files(folder: Path) -> dict[str, Path]:
+def _band_names(names) -> dict[str, str]:
+    """{'B02': 'B2.tif', ...} for entries named exactly like S2 band files (B2.tif, B02.tif, B8A.tif)."""
     out = {}
-    for f in sorted(folder.iterdir()):
-        if f.suffix.lower() not in (".tif", ".tiff") or not f.stem.upper().startswith("B"):
+    for n in sorted(names):
+        stem, dot, ext = n.rpartition(".")
+        if not dot or ext.lower() not in ("tif", "tiff") or not stem.upper().startswith("B"):
             continue
         try:
-            out[canonical_s2_band(f.stem)] = f
+            out[canonical_s2_band(stem)] = n
         except ValueError:
             continue
     return out
 
 
-def find_products(path: str) -> list[str]:
-    """Product folders under `path` (the folder itself if it holds band files)."""
-    root = Path(path)
-    if not root.exists():
-        raise ProductError(f"{root}: no such file or folder")
-    if root.is_dir() and _band_files(root):
-        return [str(root)]
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        if any(n.lower().endswith((".tif", ".tiff")) for n in filenames) and _band_files(Path(dirpath)):
-            found.append(dirpath)
-    return sorted(found)
+def match(path: str, names: set[str], is_dir: bool) -> bool:
+    """A folder holding per-band GeoTIFFs named like B02.tif / B2.tif (at least one 10 m band)."""
+    return is_dir and bool({"B02", "B04"} & set(_band_names(names)))
 
 
 def _read_metadata_json(folder: Path) -> dict:
@@ -118,13 +108,11 @@ def _identity(folder: Path, meta: dict) -> dict:
     )
 
 
-def _dark_share(sources: dict[str, rasterio.DatasetReader], bands: list[str]) -> float:
+def _dark_share(sources: dict, bands: list[str]) -> float:
     """Share of valid (non-zero) DNs below 1000 over all bands, from a decimated read."""
     dark = total = 0
     for b in bands:
-        src = sources[b]
-        h, w = min(src.height, 256), min(src.width, 256)
-        a = src.read(1, out_shape=(h, w), resampling=Resampling.nearest)
+        a = overview(sources[b])
         v = a[(a != NODATA_DN) & (a != SATURATED_DN)]
         dark += int((v < 1000).sum())
         total += v.size
@@ -154,21 +142,14 @@ def open_product(path: str, resampling: str = "bilinear") -> Scene:
     ident = _identity(folder, meta)
     level = ident["level"]
     band_names = S2_L2A_BANDS if level == "L2A" else S2_L1C_BANDS
-    files = _band_files(folder)
+    files = {b: folder / n for b, n in _band_names(os.listdir(folder)).items()}
     missing = [b for b in band_names if b not in files]
     if missing:
         raise ProductError(f"{folder}: missing band file(s) {', '.join(missing)} (expected e.g. {missing[0]}.tif)")
 
-    sources = {}
-    for b in band_names:
-        try:
-            sources[b] = rasterio.open(files[b])
-        except rasterio.errors.RasterioIOError as err:
-            raise ProductError(f"{files[b]}: cannot read GeoTIFF: {err}") from None
-    ref = sources["B02"]
-    for b, src in sources.items():
-        if src.crs != ref.crs or any(abs(x - y) > max(abs(src.res[0]), 1e-9) for x, y in zip(src.bounds, ref.bounds)):
-            raise ProductError(f"{files[b]}: footprint or CRS differs from B02 ({src.bounds} vs {ref.bounds})")
+    sources = {b: open_raster(str(files[b])) for b in band_names}
+    grid = Grid.of(sources["B02"])
+    check_aligned(sources, grid, {b: str(f) for b, f in files.items()})
 
     xml_baseline, xml_offsets = _xml_offsets(folder, level)
     baseline = xml_baseline or ident["baseline"]
@@ -177,42 +158,21 @@ def open_product(path: str, resampling: str = "bilinear") -> Scene:
     band_ids = {b: i for i, b in enumerate(S2_L1C_BANDS)}  # MTD band_id numbering includes B10
     offsets = [(add[band_ids[b]] if isinstance(add, dict) else add) / 10000.0 for b in band_names]
 
-    mask_files = []
-    for extra in ("cloud_mask.tif", "SCL.tif"):
-        if (folder / extra).is_file():
-            mask_files.append(folder / extra)
-    extra_src = {}
-    for f in mask_files:
-        try:
-            extra_src[f.name] = rasterio.open(f)
-        except rasterio.errors.RasterioIOError as err:
-            raise ProductError(f"{f}: cannot read GeoTIFF: {err}") from None
-    rs = RESAMPLING[resampling]
-    target_res = SENTINEL2["B02"][1]
+    mask_files = [folder / n for n in ("cloud_mask.tif", "SCL.tif") if (folder / n).is_file()]
+    masks = {f.name: open_raster(str(f)) for f in mask_files}
+    check_aligned(masks, grid, {f.name: str(f) for f in mask_files})
 
     def read(win: Window) -> tuple[np.ndarray, np.ndarray]:
-        rw = RioWindow(win.col, win.row, win.width, win.height)
-        bounds = rasterio.windows.bounds(rw, ref.transform)
-        shape = (win.height, win.width)
-        out = np.empty((len(band_names), *shape), dtype=np.uint16)
-        valid = np.ones(shape, dtype=bool)
+        out = np.empty((len(band_names), win.height, win.width), dtype=np.uint16)
+        valid = np.ones((win.height, win.width), dtype=bool)
         for i, b in enumerate(band_names):
             src = sources[b]
-            try:
-                if src is ref or src.res == ref.res:
-                    a = src.read(1, window=rw)
-                    nn = a
-                else:
-                    sw = from_bounds(*bounds, transform=src.transform)
-                    a = src.read(1, window=sw, out_shape=shape, resampling=rs)
-                    nn = src.read(1, window=sw, out_shape=shape, resampling=Resampling.nearest)
-            except rasterio.errors.RasterioIOError as err:
-                raise ProductError(f"{files[b]}: read failed: {err}") from None
-            out[i] = a
+            out[i] = read_on_grid(src, grid, win, resampling, label=str(files[b]))
+            # nearest-neighbour for the mask: resampling must never invent valid pixels
+            nn = out[i] if Grid.of(src) == grid else read_on_grid(src, grid, win, "nearest", label=str(files[b]))
             valid &= (nn != NODATA_DN) & (nn != SATURATED_DN)
-        for name, src in extra_src.items():
-            sw = from_bounds(*bounds, transform=src.transform)
-            m = src.read(1, window=sw, out_shape=shape, resampling=Resampling.nearest)
+        for name, src in masks.items():
+            m = read_on_grid(src, grid, win, "nearest", label=f"{folder}/{name}")
             valid &= ~np.isin(m, SCL_INVALID) if name == "SCL.tif" else (m == 0)
         return out, valid
 
@@ -222,11 +182,11 @@ def open_product(path: str, resampling: str = "bilinear") -> Scene:
         sensor=f"sentinel2_{level.lower()}",
         bands=list(band_names),
         wavelengths_nm=[SENTINEL2[b][0] for b in band_names],
-        gsd_m=target_res,
-        crs=ref.crs.to_string(),
-        transform=tuple(ref.transform)[:6],
-        height=ref.height,
-        width=ref.width,
+        gsd_m=SENTINEL2["B02"][1],
+        crs=grid.crs,
+        transform=grid.transform,
+        height=grid.height,
+        width=grid.width,
         time=ident["time"].strftime("%Y-%m-%dT%H:%M:%SZ"),
         scale=[1e-4] * len(band_names),
         offset=offsets,

@@ -4,7 +4,7 @@ import pytest
 import rasterio
 from datetime import datetime, timezone
 
-from data_prep.sources import SOURCES, ProductError, Window
+from data_prep.sources import SOURCES, ProductError, Window, find_products, open_product
 from data_prep.sources.sentinel2_folder import decide_offset
 from tests.conftest import MAJOR_TOM, MT_N0400, MT_N9999, SSL4EO_S2A
 
@@ -12,8 +12,27 @@ s2 = SOURCES["sentinel2_folder"]
 
 
 def test_finds_products_in_nested_layouts():
-    assert [p.split("/")[-1][:10] for p in s2.find_products(str(MAJOR_TOM))] == ["S2A_MSIL2A", "S2B_MSIL2A"]
-    assert len(s2.find_products(str(SSL4EO_S2A))) == 2
+    found, unknown = find_products(str(MAJOR_TOM))
+    assert [(k, p.split("/")[-1][:10]) for k, p in found] == [("sentinel2_folder", "S2A_MSIL2A"),
+                                                              ("sentinel2_folder", "S2B_MSIL2A")]
+    assert not unknown
+    assert len(find_products(str(SSL4EO_S2A))[0]) == 2
+
+
+def test_products_behind_an_fsspec_url_are_found_and_staged():
+    import fsspec
+    fs = fsspec.filesystem("memory")
+    product = sorted(SSL4EO_S2A.iterdir())[0]
+    fs.put(str(product), f"/archive/{product.name}", recursive=True)
+    fs.pipe("/archive/stray.tif", b"not a product")
+    found, unknown = find_products("memory://archive")
+    assert [(k, u.replace("memory:///", "memory://")) for k, u in found] == [
+        ("sentinel2_folder", f"memory://archive/{product.name}")]
+    assert unknown[0][0].endswith("/archive") and "unknown product kind" in unknown[0][1]
+    assert "stray.tif" in unknown[0][1]
+    scene = open_product(*found[0])
+    stored, _ = scene.read(Window(0, 0, 16, 16))
+    assert stored.shape == (12, 16, 16) and scene.product_id.startswith("S2B_MSIL2A_20200604")
 
 
 def test_baseline_0400_applies_offset_from_product_name():
@@ -85,5 +104,5 @@ def test_missing_band_is_a_clear_error(ssl4eo_copy):
 def test_unreadable_geotiff_is_a_clear_error(ssl4eo_copy):
     product = sorted(ssl4eo_copy.iterdir())[0]
     (product / "B3.tif").write_bytes(b"II*\x00 this is not a tiff")
-    with pytest.raises(ProductError, match=r"B3.tif: cannot read GeoTIFF"):
+    with pytest.raises(ProductError, match=r"B3.tif: cannot read raster"):
         s2.open_product(str(product))

@@ -60,7 +60,7 @@ def small_dataset(tmp_path_factory) -> Path:
         pytest.skip(f"shared data not found at {SSL4EO_S2}")
     out = tmp_path_factory.mktemp("ft") / "data"
     cmd = [sys.executable, "-m", "data_prep", "run", str(REPO / "configs/prep/real_s2.yaml"),
-           f"output.path={out}", f"sources=[{{kind: sentinel2_folder, paths: [{SSL4EO_S2}]}}]",
+           f"output.path={out}", f"sources=[{{kind: auto, paths: [{SSL4EO_S2}]}}]",
            "chips.size=32", "--quiet"]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)
     return out

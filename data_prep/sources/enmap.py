@@ -1,0 +1,14 @@
+"""EnMAP L2A products and hyperspectral GeoTIFF patches. (Reader being written in this change.)"""
+from __future__ import annotations
+
+from data_prep.sources.scene import ProductError, Scene
+
+KIND = "enmap"
+
+
+def match(path: str, names: set[str], is_dir: bool) -> bool:
+    return False
+
+
+def open_product(path: str, resampling: str = "bilinear") -> Scene:
+    raise ProductError(f"{path}: the {KIND} reader is not available in this version")

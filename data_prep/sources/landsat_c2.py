@@ -1,0 +1,14 @@
+"""Landsat 4-9 Collection 2 Level-2 products. (Reader being written in this change.)"""
+from __future__ import annotations
+
+from data_prep.sources.scene import ProductError, Scene
+
+KIND = "landsat_c2"
+
+
+def match(path: str, names: set[str], is_dir: bool) -> bool:
+    return False
+
+
+def open_product(path: str, resampling: str = "bilinear") -> Scene:
+    raise ProductError(f"{path}: the {KIND} reader is not available in this version")

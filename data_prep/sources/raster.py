@@ -1,0 +1,91 @@
+"""Raster helpers shared by the source readers: open, check alignment, read a window onto a grid.
+
+Every reader describes its target grid (CRS, transform, size) and reads each band's window
+onto it: bands at the grid's resolution are read directly, coarser or finer ones are resampled
+over the same ground window. All rasterio/GDAL failures become ProductError naming the file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window as RioWindow
+from rasterio.windows import from_bounds
+
+from data_prep.sources.scene import ProductError, Window
+
+RESAMPLING = {"bilinear": Resampling.bilinear, "nearest": Resampling.nearest, "cubic": Resampling.cubic,
+              "average": Resampling.average}
+
+
+@dataclass(frozen=True)
+class Grid:
+    crs: str
+    transform: tuple          # affine (a, b, c, d, e, f)
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, src) -> "Grid":
+        return cls(src.crs.to_string() if src.crs else "", tuple(src.transform)[:6], src.width, src.height)
+
+    @property
+    def res(self) -> float:
+        return abs(self.transform[0])
+
+    def affine(self):
+        return rasterio.Affine(*self.transform)
+
+    def coarsened(self, factor: int) -> "Grid":
+        """The same footprint at `factor` times coarser pixels."""
+        a, b, c, d, e, f = self.transform
+        return Grid(self.crs, (a * factor, b, c, d, e * factor, f), self.width // factor, self.height // factor)
+
+
+def open_raster(path: str):
+    """rasterio dataset, or ProductError naming the file."""
+    try:
+        return rasterio.open(path)
+    except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as err:
+        raise ProductError(f"{path}: cannot read raster: {err}") from None
+
+
+def check_aligned(sources: dict[str, object], grid: Grid, names: dict[str, str] | None = None) -> None:
+    """All rasters must share the grid's CRS and footprint (within one of their own pixels)."""
+    a, _, c, _, e, f = grid.transform
+    ref_bounds = (c, f + e * grid.height, c + a * grid.width, f)
+    for key, src in sources.items():
+        label = (names or {}).get(key, key)
+        crs = src.crs.to_string() if src.crs else ""
+        if crs != grid.crs:
+            raise ProductError(f"{label}: CRS {crs or 'missing'} differs from the product's {grid.crs}")
+        tol = max(abs(src.res[0]), abs(src.res[1]))
+        if any(abs(x - y) > tol for x, y in zip(src.bounds, ref_bounds)):
+            raise ProductError(f"{label}: footprint {tuple(round(v, 3) for v in src.bounds)} differs from the "
+                               f"product's {tuple(round(v, 3) for v in ref_bounds)} (mismatched shape or position)")
+
+
+def read_on_grid(src, grid: Grid, win: Window, resampling: str = "bilinear", band: int = 1,
+                 label: str | None = None) -> np.ndarray:
+    """Window `win` of `grid`, read from band `band` of `src` (resampled if its grid differs)."""
+    rw = RioWindow(win.col, win.row, win.width, win.height)
+    shape = (win.height, win.width)
+    try:
+        if Grid.of(src) == grid:
+            return src.read(band, window=rw)
+        bounds = rasterio.windows.bounds(rw, grid.affine())
+        sw = from_bounds(*bounds, transform=src.transform)
+        return src.read(band, window=sw, out_shape=shape, resampling=RESAMPLING[resampling])
+    except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as err:
+        raise ProductError(f"{label or src.name}: read failed (truncated or corrupt raster?): {err}") from None
+
+
+def overview(src, band: int = 1, size: int = 256) -> np.ndarray:
+    """A decimated nearest-neighbour read of a whole band (for data-driven decisions and scans)."""
+    h, w = min(src.height, size), min(src.width, size)
+    try:
+        return src.read(band, out_shape=(h, w), resampling=Resampling.nearest)
+    except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as err:
+        raise ProductError(f"{src.name}: read failed (truncated or corrupt raster?): {err}") from None

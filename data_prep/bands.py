@@ -26,9 +26,6 @@ SENTINEL2 = {
 S2_L2A_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 S2_L1C_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 
-SENSORS = {"sentinel2_l2a": SENTINEL2, "sentinel2_l1c": SENTINEL2}
-
-
 def canonical_s2_band(name: str) -> str:
     """'B2', 'b02', 'B8a' -> 'B02', 'B02', 'B8A'."""
     n = name.strip().upper()
@@ -44,10 +41,6 @@ def canonical_s2_band(name: str) -> str:
         raise ValueError(f"not a Sentinel-2 band name: {name!r}")
     return out
 
-
-def wavelengths(sensor: str, bands: list[str]) -> list[float]:
-    table = SENSORS[sensor]
-    return [table[b][0] for b in bands]
 
 # SAR has no optical wavelength; the band-agnostic patch embedding needs one number per band.
 # Convention: pseudo-wavelengths in a range no optical/thermal sensor uses (> 15000 nm), one per

@@ -1,28 +1,29 @@
 """Exact, mergeable per-band statistics on valid pixels.
 
-Stored values are integers and physical = stored * scale + offset, so for a fixed `step`
-(the band's scale) every physical value is an integer number of steps from zero. We keep an
-integer histogram over those steps: counts add exactly across products and workers, and
-count, mean, std, min, max, p1 and p99 all come from it exactly (percentiles to one step).
+Stored values are integers and physical = stored * scale + offset, with (scale, offset) fixed
+per product and band. So each band keeps, per distinct (scale, offset), an integer histogram of
+its STORED values: histograms add exactly across products and workers (in any order), and
+count, mean, std, min, max, p1 and p99 of the physical values all come from them exactly
+(percentiles are inverted-CDF order statistics), whatever the scale and offset are
+(Sentinel-2's -0.1, Landsat's -0.2 with 2.75e-5 steps, EnMAP's per-band gains).
 """
 from __future__ import annotations
 
 import numpy as np
 
 
-class BandHistogram:
-    def __init__(self, step: float):
-        self.step = float(step)
-        self.lo = 0                              # integer step index of counts[0]
+class IntHistogram:
+    """Counts of integer values, growing its range as needed."""
+
+    def __init__(self):
+        self.lo = 0                              # integer value of counts[0]
         self.counts = np.zeros(0, dtype=np.int64)
 
-    def add(self, physical_steps: np.ndarray) -> None:
-        """Add values given as integer step indices (1-D int array)."""
-        k = np.asarray(physical_steps, dtype=np.int64).ravel()
+    def add(self, values: np.ndarray) -> None:
+        k = np.asarray(values).astype(np.int64, copy=False).ravel()
         if k.size == 0:
             return
-        kmin, kmax = int(k.min()), int(k.max())
-        self._extend(kmin, kmax)
+        self._extend(int(k.min()), int(k.max()))
         self.counts += np.bincount(k - self.lo, minlength=self.counts.size)
 
     def _extend(self, kmin: int, kmax: int) -> None:
@@ -36,50 +37,67 @@ class BandHistogram:
             grown[self.lo - new_lo: self.lo - new_lo + self.counts.size] = self.counts
             self.lo, self.counts = new_lo, grown
 
-    def merge(self, other: "BandHistogram") -> None:
+    def merge(self, other: "IntHistogram") -> None:
         if other.counts.size == 0:
             return
-        if abs(other.step - self.step) > 1e-12 * max(1.0, abs(self.step)):
-            raise ValueError(f"cannot merge histograms with steps {self.step} and {other.step}")
         self._extend(other.lo, other.lo + other.counts.size - 1)
         start = other.lo - self.lo
         self.counts[start:start + other.counts.size] += other.counts
 
-    def summary(self) -> dict:
-        n = int(self.counts.sum())
-        if n == 0:
-            return {"count": 0, "mean": None, "std": None, "min": None, "max": None, "p1": None, "p99": None}
+    def nonzero(self) -> tuple[np.ndarray, np.ndarray]:
+        """(integer values, counts) where counts > 0."""
         idx = np.nonzero(self.counts)[0]
-        values = (np.arange(self.counts.size, dtype=np.float64) + self.lo) * self.step
-        mean = float((self.counts * values).sum() / n)
-        var = float((self.counts * (values - mean) ** 2).sum() / n)
-        cdf = np.cumsum(self.counts)
+        return idx + self.lo, self.counts[idx]
+
+
+class BandStats:
+    """One band: {(scale, offset): IntHistogram of stored values}."""
+
+    def __init__(self):
+        self.groups: dict[tuple[float, float], IntHistogram] = {}
+
+    def add(self, stored: np.ndarray, scale: float, offset: float) -> None:
+        self.groups.setdefault((float(scale), float(offset)), IntHistogram()).add(stored)
+
+    def merge(self, other: "BandStats") -> None:
+        for key, hist in other.groups.items():
+            self.groups.setdefault(key, IntHistogram()).merge(hist)
+
+    def summary(self) -> dict:
+        parts = [(v * scale + offset, c) for (scale, offset), h in self.groups.items()
+                 for v, c in [h.nonzero()] if c.size]
+        if not parts:
+            return {"count": 0, "mean": None, "std": None, "min": None, "max": None, "p1": None, "p99": None}
+        values = np.concatenate([v.astype(np.float64) for v, _ in parts])
+        counts = np.concatenate([c for _, c in parts])
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
+        n = int(counts.sum())
+        mean = float((counts * values).sum() / n)
+        var = float((counts * (values - mean) ** 2).sum() / n)
+        cdf = np.cumsum(counts)
         pct = lambda q: float(values[np.searchsorted(cdf, q * n, side="left")])  # noqa: E731
-        return {"count": n, "mean": mean, "std": var ** 0.5,
-                "min": float(values[idx[0]]), "max": float(values[idx[-1]]),
+        return {"count": n, "mean": mean, "std": var ** 0.5, "min": float(values[0]), "max": float(values[-1]),
                 "p1": pct(0.01), "p99": pct(0.99)}
 
 
 class DatasetStats:
-    """sensor -> band -> BandHistogram."""
+    """sensor -> band -> BandStats."""
 
     def __init__(self):
-        self.sensors: dict[str, dict[str, BandHistogram]] = {}
+        self.sensors: dict[str, dict[str, BandStats]] = {}
 
     def add_sample(self, sample: dict) -> None:
         bands = self.sensors.setdefault(sample["sensor"], {})
         img, valid = sample["image"], sample["valid"]            # (T,C,H,W), (T,H,W)
         for c, name in enumerate(sample["bands"]):
-            step, offset = sample["scale"][c], sample["offset"][c]
-            hist = bands.setdefault(name, BandHistogram(step))
-            k = img[:, c][valid].astype(np.int64) + int(round(offset / step))
-            hist.add(k)
+            bands.setdefault(name, BandStats()).add(img[:, c][valid], sample["scale"][c], sample["offset"][c])
 
     def merge(self, other: "DatasetStats") -> None:
         for sensor, bands in other.sensors.items():
             mine = self.sensors.setdefault(sensor, {})
-            for name, hist in bands.items():
-                mine.setdefault(name, BandHistogram(hist.step)).merge(hist)
+            for name, st in bands.items():
+                mine.setdefault(name, BandStats()).merge(st)
 
     def summary(self) -> dict:
-        return {s: {b: h.summary() for b, h in bands.items()} for s, bands in self.sensors.items()}
+        return {s: {b: st.summary() for b, st in bands.items()} for s, bands in self.sensors.items()}

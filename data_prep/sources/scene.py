@@ -33,7 +33,7 @@ class Window:
 class Scene:
     product_id: str
     path: str
-    sensor: str                     # key into data_prep.bands.SENSORS
+    sensor: str                     # one band set, e.g. sentinel2_l2a, landsat_oli (statistics group by it)
     bands: list[str]
     wavelengths_nm: list[float]
     gsd_m: float                    # target grid spacing

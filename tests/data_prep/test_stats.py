@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data_prep.stats import BandHistogram, DatasetStats
+from data_prep.stats import BandStats, DatasetStats
 
 
 def _sample(values, valid, offset=-0.1, sensor="s"):
@@ -38,7 +38,8 @@ def test_merge_is_exact_and_order_free():
         one.add_sample(_sample(p, np.ones_like(p, bool)))
         merged.merge(one)
     assert merged.summary() == whole.summary()
-    np.testing.assert_array_equal(merged.sensors["s"]["B"].counts, whole.sensors["s"]["B"].counts)
+    key = (1e-4, -0.1)
+    np.testing.assert_array_equal(merged.sensors["s"]["B"].groups[key].counts, whole.sensors["s"]["B"].groups[key].counts)
 
 
 def test_offsets_of_different_products_share_one_physical_grid():
@@ -47,8 +48,22 @@ def test_offsets_of_different_products_share_one_physical_grid():
     stats.add_sample(_sample([[1500]], [[True]], offset=-0.1))
     stats.add_sample(_sample([[500]], [[True]], offset=0.0))
     s = stats.summary()["s"]["B"]
-    assert s["count"] == 2 and s["min"] == s["max"] == 0.05 and s["std"] == 0
+    assert s["count"] == 2 and s["min"] == pytest.approx(0.05, abs=1e-15) == s["max"] and s["std"] < 1e-12
 
 
 def test_empty_histogram():
-    assert BandHistogram(1e-4).summary()["count"] == 0
+    assert BandStats().summary()["count"] == 0
+
+
+def test_exact_when_offset_is_not_a_multiple_of_the_scale():
+    # Landsat C2 L2: 2.75e-5 * DN - 0.2; -0.2 is not a whole number of 2.75e-5 steps
+    rng = np.random.default_rng(2)
+    dn = rng.integers(7273, 43636, size=(32, 32))
+    stats = DatasetStats()
+    img = dn.astype(np.uint16).reshape(1, 1, 32, 32)
+    stats.add_sample({"sensor": "l", "bands": ["B"], "image": img, "valid": np.ones((1, 32, 32), bool),
+                      "scale": [2.75e-5], "offset": [-0.2]})
+    s = stats.summary()["l"]["B"]
+    phys = dn.astype(np.float64) * 2.75e-5 - 0.2
+    assert s["mean"] == pytest.approx(phys.mean(), abs=1e-12) and s["min"] == pytest.approx(phys.min(), abs=1e-15)
+    assert s["p99"] == pytest.approx(np.percentile(phys, 99, method="inverted_cdf"), abs=1e-15)

@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "scan":
             import json
-            from data_prep.scan import line, scan
+            from data_prep.scan import line as describe_line, scan
             bad = 0
             for rec in scan(args.sources):
                 bad += not rec["readable"]
-                print(json.dumps(rec) if args.json else line(rec), flush=True)
+                print(json.dumps(rec) if args.json else describe_line(rec), flush=True)
             return 1 if bad else 0
         from data_prep.verify import verify
         problems = verify(args.dataset, progress=not args.quiet)

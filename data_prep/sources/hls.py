@@ -28,7 +28,6 @@ granule id).
 """
 from __future__ import annotations
 
-import os
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 from data_prep.bands import SENTINEL2
 from data_prep.sources.landsat_c2 import OLI_CIRRUS_NM, SENSOR_BANDS
 from data_prep.sources.raster import Grid, check_aligned, open_raster, read_on_grid
+from data_prep.sources.folders import one_product
 from data_prep.sources.scene import ProductError, Scene, Window
 
 KIND = "hls"
@@ -123,20 +123,8 @@ def _check_declared_scale(src, path: Path) -> None:
 
 def open_product(path: str, resampling: str = "bilinear") -> Scene:
     folder = Path(path)
-    if not folder.is_dir():
-        raise ProductError(f"{path}: not a folder (an HLS granule is a folder of HLS.<S30|L30>.<tile>.<time>"
-                           ".v2.0.<BAND>.tif files)")
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError as err:
-        raise ProductError(f"{path}: cannot list folder: {err}") from None
-    granules = _granules(names)
-    if not granules:
-        raise ProductError(f"{path}: no HLS granule files (HLS.S30.*.<BAND>.tif / HLS.L30.*.<BAND>.tif) found")
-    if len(granules) > 1:
-        raise ProductError(f"{path}: holds the files of {len(granules)} HLS granules ({', '.join(granules)}); "
-                           "put each granule in its own folder")
-    (gid, g), = granules.items()
+    gid, g, names = one_product(path, _granules, "HLS granule",
+                         "an HLS granule is a folder of HLS.<S30|L30>.<tile>.<time>.v2.0.<BAND>.tif files")
     if not g["version"].startswith("2."):
         raise ProductError(f"{gid}: HLS version {g['version']} is not supported (this reader reads v2.x COGs)")
     sensor, table = PRODUCTS[g["product"]]

@@ -30,7 +30,6 @@ product in its own folder, as USGS bundles unpack.
 from __future__ import annotations
 
 import json
-import os
 import re
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.sources.raster import Grid, check_aligned, open_raster, read_on_grid
+from data_prep.sources.folders import one_product
 from data_prep.sources.scene import ProductError, Scene, Window
 
 KIND = "landsat_c2"
@@ -232,20 +232,9 @@ def _check_band(src, path: Path, dtype: str) -> None:
 
 def open_product(path: str, resampling: str = "bilinear") -> Scene:
     folder = Path(path)
-    if not folder.is_dir():
-        raise ProductError(f"{path}: not a folder (a Landsat C2 L2 product is a folder of <id>_SR_B<n>.TIF "
-                           "files, <id>_QA_PIXEL.TIF and <id>_MTL.txt|xml|json)")
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError as err:
-        raise ProductError(f"{path}: cannot list folder: {err}") from None
-    products = _products(names)
-    if not products:
-        raise ProductError(f"{path}: no Landsat Collection 2 Level-2 files (<id>_SR_B<n>.TIF, <id>_MTL.txt) found")
-    if len(products) > 1:
-        raise ProductError(f"{path}: holds the files of {len(products)} Landsat products ({', '.join(products)}); "
-                           "put each product in its own folder")
-    (pid, entries), = products.items()
+    pid, entries, names = one_product(path, _products, "Landsat Collection 2 Level-2",
+                               "a Landsat C2 L2 product is a folder of <id>_SR_B<n>.TIF files, "
+                               "<id>_QA_PIXEL.TIF and <id>_MTL.txt|xml|json")
     sensor = sensor_of(pid)
     table = SENSOR_BANDS[sensor]
 

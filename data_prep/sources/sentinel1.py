@@ -27,7 +27,6 @@ NaN/inf and the raster's nodata value are invalid. The decision and its evidence
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -39,6 +38,7 @@ from rasterio.crs import CRS
 
 from data_prep.bands import SAR_PSEUDO_WAVELENGTH_NM
 from data_prep.sources.raster import Grid, check_aligned, open_raster, overview, read_on_grid
+from data_prep.sources.folders import read_sidecar_json
 from data_prep.sources.scene import ProductError, Scene, Window
 
 KIND = "sentinel1"
@@ -100,16 +100,6 @@ def match(path: str, names: set[str], is_dir: bool) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # identity and metadata
-
-
-def _read_metadata_json(folder: Path) -> dict:
-    p = folder / "metadata.json"
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as err:
-        raise ProductError(f"{p}: unreadable metadata.json: {err}") from None
 
 
 def _time_from_names(names: list[str]) -> tuple[datetime, str] | None:
@@ -339,7 +329,7 @@ def open_product(path: str, resampling: str = "bilinear") -> Scene:
     grid = Grid.of(sources[bands[0]])
     check_aligned(sources, grid, files)
 
-    meta = _read_metadata_json(folder)
+    meta = read_sidecar_json(folder)
     name_list = [folder.name] + [pols[p] for p in bands]
     product_id = folder.name
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from data_prep.bands import S2_L1C_BANDS, S2_L2A_BANDS, SENTINEL2, canonical_s2_band
 from data_prep.sources.raster import Grid, check_aligned, open_raster, overview, read_on_grid
+from data_prep.sources.folders import read_sidecar_json
 from data_prep.sources.scene import ProductError, Scene, Window
 
 KIND = "sentinel2_folder"
@@ -313,16 +314,6 @@ def match(path: str, names: set[str], is_dir: bool) -> bool:
     return bool({"red.tif", "blue.tif"} & lower) and any(n.endswith(".json") for n in lower)
 
 
-def _read_metadata_json(folder: Path) -> dict:
-    p = folder / "metadata.json"
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError) as err:
-        raise ProductError(f"{p}: unreadable metadata.json: {err}") from None
-
-
 def _read_stac_item(folder: Path) -> tuple[Path | None, dict]:
     """The STAC Item JSON in the folder (a `*.json` with "type": "Feature" and `assets`), if any."""
     found = []
@@ -482,7 +473,7 @@ def open_product(path: str, resampling: str = "bilinear") -> Scene:
         names = set(os.listdir(folder))
     except OSError as err:
         raise ProductError(f"{folder}: cannot list folder: {err}") from None
-    meta = _read_metadata_json(folder)
+    meta = read_sidecar_json(folder)
     stac_path, stac = _read_stac_item(folder)
     found, prefixes = _band_files(names)
     if len(prefixes) > 1:

@@ -118,7 +118,7 @@ def test_flat_folder_of_several_granules_is_claimed_and_refused_listing_them(tmp
     hls_granule(tmp_path, L30_GRANULE, folder="downloads")
     found, unknown = find_products(str(tmp_path))
     assert found == [("hls", str(tmp_path / "downloads"))] and not unknown
-    with pytest.raises(ProductError, match=rf"2 HLS granules \({L30_GRANULE}, {S30_GRANULE}\); put each granule"):
+    with pytest.raises(ProductError, match=rf"2 HLS granule products \({L30_GRANULE}, {S30_GRANULE}\); put each product in its own folder"):
         hls.open_product(str(tmp_path / "downloads"))
 
 

@@ -174,7 +174,7 @@ def test_folder_with_several_products_is_claimed_and_refused_listing_them(tmp_pa
     landsat_product(tmp_path, LANDSAT_L9_ID, folder="flat")
     found, unknown = find_products(str(tmp_path))
     assert found == [("landsat_c2", str(tmp_path / "flat"))] and not unknown
-    with pytest.raises(ProductError, match=rf"2 Landsat products \({LANDSAT_OLI_ID}, {LANDSAT_L9_ID}\)"):
+    with pytest.raises(ProductError, match=rf"2 Landsat Collection 2 Level-2 products \({LANDSAT_OLI_ID}, {LANDSAT_L9_ID}\)"):
         landsat.open_product(str(tmp_path / "flat"))
 
 

@@ -36,9 +36,9 @@ import numpy as np
 
 from data_prep.bands import SENTINEL2
 from data_prep.sources.landsat_c2 import OLI_CIRRUS_NM, SENSOR_BANDS
-from data_prep.sources.raster import Grid, check_aligned, open_raster, read_on_grid
+from data_prep.sources.raster import Grid, check_aligned, open_raster, stack_reader
 from data_prep.sources.folders import one_product
-from data_prep.sources.scene import ProductError, Scene, Window
+from data_prep.sources.scene import ProductError, Scene
 
 KIND = "hls"
 
@@ -151,17 +151,10 @@ def open_product(path: str, resampling: str = "bilinear") -> Scene:
     nodata = {b: {NODATA} | ({int(sources[b].nodata)} if sources[b].nodata is not None else set()) for b in bands}
     fmask_src = sources[FMASK]
 
-    def read(win: Window) -> tuple[np.ndarray, np.ndarray]:
-        out = np.empty((len(bands), win.height, win.width), dtype=np.int16)
-        valid = np.ones((win.height, win.width), dtype=bool)
-        for i, b in enumerate(bands):
-            src = sources[b]
-            out[i] = read_on_grid(src, grid, win, resampling, label=str(files[b]))
-            nn = out[i] if Grid.of(src) == grid else read_on_grid(src, grid, win, "nearest", label=str(files[b]))
-            valid &= ~np.isin(nn, list(nodata[b]))
-        fm = read_on_grid(fmask_src, grid, win, "nearest", label=str(files[FMASK]))
-        valid &= (fm != FMASK_FILL) & ((fm & FMASK_INVALID_MASK) == 0)
-        return out, valid
+    labels = {b: str(f) for b, f in files.items()}
+    fmask_invalid = lambda fm: (fm == FMASK_FILL) | ((fm & FMASK_INVALID_MASK) != 0)  # noqa: E731
+    read = stack_reader(bands, sources, labels, grid, resampling, np.int16,
+                        lambda b, v: np.isin(v, list(nodata[b])), [(fmask_src, labels[FMASK], 1, fmask_invalid)])
 
     notes += [
         f"reflectance = DN * {SCALE} (offset {OFFSET}); nodata {NODATA}",

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.sources.raster import Grid, check_aligned, open_raster, read_on_grid
+from data_prep.sources.raster import Grid, check_aligned, open_raster, stack_reader
 from data_prep.sources.folders import one_product
-from data_prep.sources.scene import ProductError, Scene, Window
+from data_prep.sources.scene import ProductError, Scene
 
 KIND = "landsat_c2"
 
@@ -266,19 +266,15 @@ def open_product(path: str, resampling: str = "bilinear") -> Scene:
     band_keys = needed[:-1]
     qa_src = sources["QA_PIXEL"]
 
-    def read(win: Window) -> tuple[np.ndarray, np.ndarray]:
-        out = np.empty((len(band_keys), win.height, win.width), dtype=np.uint16)
-        valid = np.ones((win.height, win.width), dtype=bool)
-        for i, k in enumerate(band_keys):
-            src = sources[k]
-            out[i] = read_on_grid(src, grid, win, resampling, label=str(files[k]))
-            nn = out[i] if Grid.of(src) == grid else read_on_grid(src, grid, win, "nearest", label=str(files[k]))
-            valid &= nn != SR_FILL_DN
-            if MASK_OUTSIDE_VALID_RANGE:
-                valid &= (nn >= SR_VALID_RANGE_DN[0]) & (nn <= SR_VALID_RANGE_DN[1])
-        qa = read_on_grid(qa_src, grid, win, "nearest", label=str(files["QA_PIXEL"]))
-        valid &= (qa & QA_INVALID_MASK) == 0
-        return out, valid
+    def sr_invalid(_band: str, dn: np.ndarray) -> np.ndarray:
+        bad = dn == SR_FILL_DN
+        if MASK_OUTSIDE_VALID_RANGE:
+            bad |= (dn < SR_VALID_RANGE_DN[0]) | (dn > SR_VALID_RANGE_DN[1])
+        return bad
+
+    labels = {k: str(f) for k, f in files.items()}
+    read = stack_reader(band_keys, sources, labels, grid, resampling, np.uint16, sr_invalid,
+                        [(qa_src, labels["QA_PIXEL"], 1, lambda qa: (qa & QA_INVALID_MASK) != 0)])
 
     notes = [
         f"scale/offset from {mtl_name} group {L2_SR_GROUP} (not the Level-1 REFLECTANCE_* values)",

@@ -7,6 +7,7 @@ over the same ground window. All rasterio/GDAL failures become ProductError nami
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import rasterio
@@ -89,3 +90,29 @@ def overview(src, band: int = 1, size: int = 256) -> np.ndarray:
         return src.read(band, out_shape=(h, w), resampling=Resampling.nearest)
     except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as err:
         raise ProductError(f"{src.name}: read failed (truncated or corrupt raster?): {err}") from None
+
+
+def stack_reader(bands: list[str], sources: dict, labels: dict[str, str], grid: Grid, resampling: str,
+                 dtype, band_invalid: Callable[[str, np.ndarray], np.ndarray], masks: list[tuple] = ()):
+    """Scene.read for a stack of single-band rasters: window -> (stored (C,h,w) `dtype`, valid (h,w)).
+
+    Each band is read onto `grid` (resampled when its own grid differs). Validity uses
+    nearest-neighbour reads, so resampling never invents valid pixels: a pixel is invalid where
+    `band_invalid(band, values)` is True for any band, or a mask says so. `masks`: tuples
+    (dataset, label, band index, fn(values) -> invalid bool array).
+    """
+    masks = list(masks)
+
+    def read(win: Window) -> tuple[np.ndarray, np.ndarray]:
+        out = np.empty((len(bands), win.height, win.width), dtype=dtype)
+        valid = np.ones((win.height, win.width), dtype=bool)
+        for i, b in enumerate(bands):
+            src = sources[b]
+            out[i] = read_on_grid(src, grid, win, resampling, label=labels[b])
+            nn = out[i] if Grid.of(src) == grid else read_on_grid(src, grid, win, "nearest", label=labels[b])
+            valid &= ~band_invalid(b, nn)
+        for src, label, band, invalid in masks:
+            valid &= ~invalid(read_on_grid(src, grid, win, "nearest", band=band, label=label))
+        return out, valid
+
+    return read

@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from data_prep.bands import S2_L1C_BANDS, S2_L2A_BANDS, SENTINEL2, canonical_s2_band
-from data_prep.sources.raster import Grid, check_aligned, open_raster, overview, read_on_grid
+from data_prep.sources.raster import Grid, check_aligned, open_raster, overview, stack_reader
 from data_prep.sources.folders import read_sidecar_json
 from data_prep.sources.scene import ProductError, Scene, Window
 
@@ -240,23 +240,8 @@ def window_reader(bands: list[str], sources: dict, labels: dict[str, str], grid:
                   ) -> Callable[[Window], tuple[np.ndarray, np.ndarray]]:
     """Scene.read for S2: bands onto `grid`; valid = no band at nodata/saturated (nearest reads)
     and no mask saying invalid. `masks`: (dataset, label, band index, fn(array) -> invalid bool)."""
-    masks = list(masks)
-
-    def read(win: Window) -> tuple[np.ndarray, np.ndarray]:
-        out = np.empty((len(bands), win.height, win.width), dtype=np.uint16)
-        valid = np.ones((win.height, win.width), dtype=bool)
-        for i, b in enumerate(bands):
-            src = sources[b]
-            out[i] = read_on_grid(src, grid, win, resampling, label=labels[b])
-            # nearest-neighbour for the mask: resampling must never invent valid pixels
-            nn = out[i] if Grid.of(src) == grid else read_on_grid(src, grid, win, "nearest", label=labels[b])
-            valid &= (nn != nodata) & (nn != saturated)
-        for src, label, band, invalid in masks:
-            m = read_on_grid(src, grid, win, "nearest", band=band, label=label)
-            valid &= ~invalid(m)
-        return out, valid
-
-    return read
+    return stack_reader(bands, sources, labels, grid, resampling, np.uint16,
+                        lambda _b, v: (v == nodata) | (v == saturated), masks)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """eofm-prep: prepare training shards from EO archives.
 
   eofm-prep scan SOURCE... [--json]           list products (kind, sensor, date, bands, size) or why unreadable
-  eofm-prep run CONFIG.yaml [key=value ...]   archives -> shards + manifest.json
+  eofm-prep run CONFIG.yaml [key=value ...]   archives -> shards + manifest.json (parallel, resumable)
+  eofm-prep merge DATASET                     write manifest.json after the parts of a split run
   eofm-prep verify DATASET                    re-read a dataset and check it against its manifest
 """
 from __future__ import annotations
@@ -30,6 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides of recipe keys, e.g. chips.size=64 output.path=runs/data")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--workers", type=int, default=0, help="local worker processes (default 0: one per CPU core)")
+    r.add_argument("--part", type=int, default=None,
+                   help="this machine's part (0-based) of a run split over several machines; default from "
+                        "SLURM_ARRAY_TASK_ID/COUNT, EOFM_PART/EOFM_PARTS or RANK/WORLD_SIZE, else 0")
+    r.add_argument("--parts", type=int, default=None, help="number of parts the run is split into (default 1)")
+    m = sub.add_parser("merge", help="write manifest.json once every part of a split run is done",
+                       description="Read plan.json and the ledger of a dataset folder and write manifest.json "
+                                   "(the last part of a split run does this by itself).")
+    m.add_argument("dataset", help="dataset folder or fsspec URL")
     sc = sub.add_parser("scan", help="list the products under folders or URLs; writes nothing",
                         description="Walk each SOURCE (folder, product, or fsspec URL), detect every product's "
                                     "kind, open it, and list kind, sensor, date, bands and size, or the reason it "
@@ -44,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report(path: str, m: dict) -> int:
+    skipped = [p for p in m["products"] if p["outcome"] != "written"]
+    print(f"dataset: {path}  samples: {m['samples']}  shards: {len(m['shards'])}  "
+          f"products written: {len(m['products']) - len(skipped)}  skipped: {len(skipped)}")
+    for p in skipped:
+        print(f"  skipped {p['path']}: {p.get('reason')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -52,16 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             from data_prep.config import PrepConfig
+            from data_prep.plan import part_from_env
             from data_prep.recipe import load_recipe
             from data_prep.run import run
             cfg = load_recipe(PrepConfig, args.config, args.overrides)
-            m = run(cfg, progress=not args.quiet)
-            skipped = [p for p in m["products"] if p["outcome"] != "written"]
-            print(f"dataset: {cfg.output.path}  samples: {m['samples']}  shards: {len(m['shards'])}  "
-                  f"products written: {len(m['products']) - len(skipped)}  skipped: {len(skipped)}")
-            for p in skipped:
-                print(f"  skipped {p['path']}: {p.get('reason')}")
-            return 0
+            part, parts = (args.part, args.parts) if args.parts else (part_from_env() or (0, 1))
+            m = run(cfg, progress=not args.quiet, workers=args.workers, part=part or 0, parts=parts)
+            if m is None:
+                print(f"dataset: {cfg.output.path}  part {part}/{parts} done; other parts still running")
+                return 0
+            return _report(cfg.output.path, m)
+        if args.command == "merge":
+            from data_prep.run import merge
+            return _report(args.dataset, merge(args.dataset))
         if args.command == "scan":
             import json
             from data_prep.scan import line as describe_line, scan

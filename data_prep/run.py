@@ -1,19 +1,33 @@
-"""`eofm-prep run`: archives -> chips -> shards + manifest.json."""
+"""`eofm-prep run` / `merge`: archives -> chips -> shards + manifest.json, parallel, splittable, resumable.
+
+1. Plan: list every product under the recipe's sources (sorted), one unit each; the plan is
+   saved as `<out>/plan.json` (identical on every node that lists the same archive).
+2. Resume: the ledger says which units are done; temp files and orphan shards are removed.
+3. Work: this part's remaining units are dealt to local worker processes (spawned).
+4. Merge: once every unit of the plan is in the ledger, manifest.json is written (by whichever
+   part finishes last, or by `eofm-prep merge`).
+"""
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing as mp
+import os
+import time
 
 import fsspec
 from tqdm import tqdm
 
-from data_prep import chips, manifest
+from data_prep import manifest
 from data_prep.config import PrepConfig
+from data_prep.ledger import Ledger
+from data_prep.plan import deal, part_of, units_from_products
 from data_prep.recipe import save_recipe, to_dict
-from data_prep.sources import ProductError, find_products, open_product
-from data_prep.stats import DatasetStats
-from data_prep.writers import WRITERS
+from data_prep.sources import ProductError, find_products
+from data_prep.worker import run_worker
 
 log = logging.getLogger("eofm.prep")
+PLAN = "plan.json"
 
 
 class PrepError(RuntimeError):
@@ -21,26 +35,26 @@ class PrepError(RuntimeError):
 
 
 def check_output(cfg: PrepConfig, recipe: dict) -> str:
-    """Refuse to mix datasets. Returns 'new', 'complete' (same recipe, done) or 'overwrite'."""
+    """Refuse to mix datasets. Returns 'new', 'resume' (same recipe, unfinished),
+    'complete' (same recipe, manifest written) or 'overwrite'."""
     fs, root = fsspec.core.url_to_fs(cfg.output.path)
-    if not fs.exists(root):
+    if not fs.exists(root) or not fs.ls(root, detail=False):
         return "new"
-    entries = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
-    if not entries:
-        return "new"
-    if manifest.NAME not in entries:
-        if cfg.output.overwrite and set(entries) <= {"shards", "config.yaml"}:
-            return "overwrite"
-        raise PrepError(f"{cfg.output.path}: folder is not empty and holds no eofm manifest.json; "
+    entries = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
+    if manifest.NAME in entries:
+        old = manifest.read(cfg.output.path)["recipe"]
+    elif "config.yaml" in entries:
+        import yaml
+        old = yaml.safe_load(fs.cat_file(f"{root}/config.yaml"))
+    else:
+        raise PrepError(f"{cfg.output.path}: folder is not empty and holds no eofm dataset; "
                         "choose an empty or new output.path")
-    old = manifest.read(cfg.output.path)
-    if old.get("recipe_sha256") == manifest.recipe_digest(recipe):
-        return "complete"
+    if manifest.recipe_digest(old) == manifest.recipe_digest(recipe):
+        return "complete" if manifest.NAME in entries else "resume"
     if cfg.output.overwrite:
         return "overwrite"
-    diff = _first_difference(old.get("recipe", {}), recipe)
-    raise PrepError(f"{cfg.output.path}: already holds a different dataset (recipe differs at {diff}); "
-                    "choose another output.path or set output.overwrite=true")
+    raise PrepError(f"{cfg.output.path}: already holds a different dataset (recipe differs at "
+                    f"{_first_difference(old, recipe)}); choose another output.path or set output.overwrite=true")
 
 
 def _first_difference(a, b, prefix="") -> str:
@@ -51,94 +65,141 @@ def _first_difference(a, b, prefix="") -> str:
     return f"{prefix.rstrip('.')}: {a!r} -> {b!r}"
 
 
-def _clear(url: str) -> None:
-    fs, root = fsspec.core.url_to_fs(url)
-    for name in (manifest.NAME, "shards"):
-        if fs.exists(f"{root}/{name}"):
-            fs.rm(f"{root}/{name}", recursive=True)
-
-
-def run(cfg: PrepConfig, progress: bool = True) -> dict:
-    """Prepare the dataset described by `cfg`; returns the manifest."""
-    recipe = to_dict(cfg)
-    state = check_output(cfg, recipe)
-    if state == "complete":
-        log.info("%s already holds this dataset (same recipe); nothing to do", cfg.output.path)
-        return manifest.read(cfg.output.path)
-    if state == "overwrite":
-        _clear(cfg.output.path)
-    fs, root = fsspec.core.url_to_fs(cfg.output.path)
-    fs.makedirs(root, exist_ok=True)
-    save_recipe(cfg, cfg.output.path)
-
-    products: list[dict] = []
-    todo: list[tuple] = []
+def make_plan(cfg: PrepConfig) -> dict:
+    """{'units': [...], 'unreadable': [...]} — a pure function of the listed archive."""
+    units, unreadable = [], []
     for spec in cfg.sources:
         kinds = None if spec.kind == "auto" else [spec.kind]
         for path in spec.paths:
             try:
                 found, unknown = find_products(path, kinds)
             except ProductError as err:
-                products.append({"path": path, "outcome": "skipped", "reason": str(err)})
+                unreadable.append({"path": path, "outcome": "skipped", "reason": str(err)})
                 continue
             if not found and not unknown:
-                products.append({"path": path, "outcome": "skipped", "reason": f"{path}: no products found"})
-            products += [{"path": u, "outcome": "skipped", "reason": f"{u}: {why}"} for u, why in unknown]
-            todo += [(spec, kind, p) for kind, p in found]
+                unreadable.append({"path": path, "outcome": "skipped", "reason": f"{path}: no products found"})
+            unreadable += [{"path": u, "outcome": "skipped", "reason": f"{u}: {why}"} for u, why in unknown]
+            for unit in units_from_products(found):
+                unit["resampling"] = spec.resampling
+                units.append(unit)
+    seen, unique = set(), []
+    for u in units:                      # the same product listed twice is one unit
+        if u["id"] not in seen:
+            seen.add(u["id"])
+            unique.append(u)
+    return {"units": unique, "unreadable": unreadable}
 
-    writer = WRITERS[cfg.output.format](cfg.output.path, cfg.output.shard_prefix,
-                                        int(cfg.output.target_shard_mb * 2**20))
-    stats = DatasetStats()
-    sensors: dict[str, dict] = {}
-    size, stride = cfg.chips.size, cfg.chips.stride or cfg.chips.size
-    bar = tqdm(todo, desc="prep", unit="product", disable=not progress)
+
+def _save_plan(out: str, plan: dict) -> None:
+    fs, root = fsspec.core.url_to_fs(out)
+    path = f"{root}/{PLAN}"
+    if fs.exists(path):
+        old = json.loads(fs.cat_file(path))
+        if [u["id"] for u in old["units"]] != [u["id"] for u in plan["units"]]:
+            raise PrepError(f"{path}: the archive lists different products than when this dataset was started "
+                            f"({len(old['units'])} then, {len(plan['units'])} now); use a new output.path")
+        return
+    with fs.open(path + ".part", "w") as f:
+        json.dump(plan, f)
+    fs.mv(path + ".part", path)
+
+
+def _run_workers(jobs: list[dict], total: int, progress: bool) -> None:
+    bar = tqdm(total=total, desc="prep", unit="product", disable=not progress)
+    start, chips = time.time(), 0
+
+    def tick(n_products: int, n_chips: int) -> None:
+        nonlocal chips
+        chips += n_chips
+        bar.update(n_products)
+        dt = max(time.time() - start, 1e-6)
+        bar.set_postfix(chips=chips, chips_per_s=f"{chips / dt:.1f}")
+
     try:
-        for spec, kind, path in bar:
-            record = {"path": path, "kind": kind}
-            product_stats = DatasetStats()
-            writer.begin()
-            try:
-                scene = open_product(kind, path, resampling=spec.resampling)
-                record.update(product_id=scene.product_id, sensor=scene.sensor, time=scene.time,
-                              radiometry=scene.radiometry,
-                              checksum="sha256:" + manifest.sha256_files(scene.files))
-                written = dropped = 0
-                best = 0.0
-                for sample, frac in chips.cut(scene, size, stride, cfg.chips.min_valid_fraction):
-                    best = max(best, frac)
-                    if sample is None:
-                        dropped += 1
-                        continue
-                    writer.add(sample)
-                    product_stats.add_sample(sample)
-                    written += 1
-                if not written:
-                    raise ProductError(
-                        f"{path}: no valid pixels (all-nodata or fully masked product)" if best == 0.0 else
-                        f"{path}: none of its {dropped} chips reaches min_valid_fraction "
-                        f"{cfg.chips.min_valid_fraction} (best {best:.2f})")
-            except (ProductError, OSError) as err:
-                writer.rollback()
-                record.update(outcome="skipped", reason=str(err))
-                log.warning("skipped %s: %s", path, err)
-            else:
-                writer.commit()
-                stats.merge(product_stats)
-                record.update(outcome="written", chips=written, dropped_low_valid=dropped)
-                sensors.setdefault(scene.sensor, {"bands": scene.bands, "wavelengths_nm": scene.wavelengths_nm,
-                                                  "gsd_m": scene.gsd_m, "units": scene.units})
-            products.append(record)
-            bar.set_postfix(chips=sum(p.get("chips", 0) for p in products))
-        shards = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    summary = stats.summary()
+        if len(jobs) == 1:               # in-process: simplest to debug, nothing to spawn
+            class _Q:
+                def put(self, item):
+                    tick(*item)
+            run_worker({**jobs[0], "queue": _Q()})
+            return
+        ctx = mp.get_context("spawn")
+        with mp.Manager() as manager:
+            queue = manager.Queue()
+            with ctx.Pool(len(jobs)) as pool:
+                result = pool.map_async(run_worker, [{**j, "queue": queue} for j in jobs])
+                while not result.ready() or not queue.empty():
+                    try:
+                        tick(*queue.get(timeout=0.2))
+                    except Exception:           # queue.Empty (manager proxies raise it wrapped)
+                        pass
+                result.get()                    # re-raise a worker's error here
+    finally:
+        bar.close()
+
+
+def run(cfg: PrepConfig, progress: bool = True, workers: int = 0, part: int = 0, parts: int = 1) -> dict | None:
+    """Prepare (or resume) part `part` of `parts` with `workers` local processes (0 = all cores).
+    Returns the manifest when the dataset is complete, else None (other parts still to run)."""
+    recipe = to_dict(cfg)
+    state = check_output(cfg, recipe)
+    if state == "complete":
+        log.info("%s already holds this dataset (same recipe); nothing to do", cfg.output.path)
+        return manifest.read(cfg.output.path)
+    fs, root = fsspec.core.url_to_fs(cfg.output.path)
+    if state == "overwrite":
+        fs.rm(root, recursive=True)
+    fs.makedirs(root, exist_ok=True)
+    save_recipe(cfg, cfg.output.path)
+    plan = make_plan(cfg)
+    _save_plan(cfg.output.path, plan)
+
+    ledger = Ledger(cfg.output.path)
+    removed = ledger.cleanup()
+    if removed:
+        log.info("resuming: removed %d unfinished file(s) from an interrupted run", len(removed))
+    done = ledger.done_units()
+    todo = [u for u in part_of(plan["units"], part, parts) if u["id"] not in done]
+    if done and todo:
+        log.info("resuming: %d unit(s) already done, %d to go in part %d/%d", len(done), len(todo), part, parts)
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    jobs = [{"recipe": recipe, "out": cfg.output.path, "part": part, "worker": w, "units": units}
+            for w, units in enumerate(deal(todo, n_workers))]
+    if jobs:
+        _run_workers(jobs, len(todo), progress)
+    return merge(cfg.output.path, require_complete=parts == 1)
+
+
+def merge(url: str, require_complete: bool = True) -> dict | None:
+    """Write manifest.json from plan.json + the ledger when every unit is done."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(f"{root}/{PLAN}"):
+        raise PrepError(f"{url}: no {PLAN} (not an eofm dataset being prepared)")
+    plan = json.loads(fs.cat_file(f"{root}/{PLAN}"))
+    import yaml
+    recipe = yaml.safe_load(fs.cat_file(f"{root}/config.yaml"))
+    ledger = Ledger(url)
+    done = ledger.done_units()
+    missing = [u for u in plan["units"] if u["id"] not in done]
+    if missing:
+        if require_complete:
+            raise PrepError(f"{url}: {len(missing)} of {len(plan['units'])} products are not done yet "
+                            f"(e.g. {missing[0]['paths'][0]}); run the missing parts, then `eofm-prep merge`")
+        log.info("%d of %d products still to do in other parts; the last part to finish writes the manifest",
+                 len(missing), len(plan["units"]))
+        return None
+    products = [done[u["id"]] for u in plan["units"]] + plan["unreadable"]
+    shards = sorted((e["shard"] for e in ledger.entries()[0]), key=lambda r: r["path"])
+    summary = ledger.stats().summary()
+    sensors = {}
+    for p in products:
+        if p.get("outcome") == "written" and p["sensor"] not in sensors:
+            sensors[p["sensor"]] = dict(p["sensor_info"])
     for sensor, info in sensors.items():
         info["stats"] = {b: summary.get(sensor, {}).get(b) for b in info["bands"]}
+    products = [{k: v for k, v in p.items() if k != "sensor_info"} for p in products]
     m = manifest.build(recipe, products, shards, sensors)
     if m["samples"] == 0:
         reasons = "; ".join(p["reason"] for p in products if p.get("reason")) or "no products"
         raise PrepError(f"no chips written: {reasons}")
-    manifest.write(cfg.output.path, m)
+    manifest.write(url, m)
     return m

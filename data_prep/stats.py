@@ -101,3 +101,34 @@ class DatasetStats:
 
     def summary(self) -> dict:
         return {s: {b: st.summary() for b, st in bands.items()} for s, bands in self.sensors.items()}
+
+
+def stats_to_bytes(stats: DatasetStats) -> bytes:
+    """Serialise the histograms (npz: one 'lo' scalar and 'counts' array per sensor/band/(scale, offset))."""
+    import io
+    import json
+
+    arrays, index = {}, []
+    for sensor, bands in stats.sensors.items():
+        for band, st in bands.items():
+            for (scale, offset), h in st.groups.items():
+                i = len(index)
+                index.append([sensor, band, scale, offset, h.lo])
+                arrays[f"c{i}"] = h.counts
+    buf = io.BytesIO()
+    np.savez_compressed(buf, index=np.frombuffer(json.dumps(index).encode(), dtype=np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def stats_from_bytes(data: bytes) -> DatasetStats:
+    import io
+    import json
+
+    out = DatasetStats()
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        for i, (sensor, band, scale, offset, lo) in enumerate(json.loads(z["index"].tobytes())):
+            h = IntHistogram()
+            h.lo, h.counts = int(lo), z[f"c{i}"].astype(np.int64)
+            st = out.sensors.setdefault(sensor, {}).setdefault(band, BandStats())
+            st.groups.setdefault((float(scale), float(offset)), IntHistogram()).merge(h)
+    return out

@@ -1,12 +1,13 @@
 """WebDataset tar shards, written atomically, with per-product rollback.
 
-A shard is built in a local temporary file and only appears under its final name (local
-path or any fsspec URL) once complete, so a crash never leaves a partial shard. A product's
-samples are added between `begin()` and `commit()`; if the product fails half-way,
-`rollback()` truncates the open shard back to where that product started. Shards are sealed
-only between products, once they reach the target size: a shard is at least the target and
-at most the target plus one product. Tar headers have fixed owner and mtime so the same
-input gives byte-identical shards (and the same sha256) on every run and node.
+A shard is built under a temporary name and only appears under its final name (local path or
+any fsspec URL) once complete, so a crash never leaves a partial shard: locally it is built in
+`<out>/.tmp/` and renamed; for remote outputs it is built in a local temp file, uploaded to
+`<final>.part` and moved. A product's samples are added between `begin()` and `commit()`; if
+the product fails half-way, `rollback()` truncates the open shard back to where that product
+started. Shards are sealed only between products, once they reach the target size: a shard is
+at least the target and at most the target plus one product. Tar headers have fixed owner and
+mtime so the same input gives byte-identical shards (and the same sha256) on every run and node.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import fsspec
 from data_prep import sample as sample_mod
 
 BLOCK = 512
+TMP_DIR = ".tmp"
 
 
 def _member(name: str, data: bytes) -> bytes:
@@ -32,50 +34,65 @@ def _member(name: str, data: bytes) -> bytes:
     return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * pad
 
 
+def is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
 class ShardWriter:
+    FORMAT = "webdataset"
+
     def __init__(self, out_url: str, prefix: str, target_bytes: int, start_index: int = 0):
         self.fs, self.root = fsspec.core.url_to_fs(out_url)
+        self.local = is_local(self.fs)
         self.prefix = prefix
         self.target = int(target_bytes)
         self.index = start_index
         self.records: list[dict] = []
         self._file = None
-        self._count = 0
+        self._keys: list[str] = []
         self._mark = (0, 0)
 
     # ---- product transaction -------------------------------------------------------
     def begin(self) -> None:
         if self._file is None:
-            fd, self._tmp = tempfile.mkstemp(prefix="eofm-shard-", suffix=".tar.tmp")
+            if self.local:
+                tmp_dir = f"{self.root}/{TMP_DIR}"
+                os.makedirs(tmp_dir, exist_ok=True)
+                fd, self._tmp = tempfile.mkstemp(prefix=f"{self.prefix}-", suffix=".tar.part", dir=tmp_dir)
+            else:
+                fd, self._tmp = tempfile.mkstemp(prefix="eofm-shard-", suffix=".tar.part")
             self._file = os.fdopen(fd, "w+b")
-            self._count = 0
-        self._mark = (self._file.tell(), self._count)
+            self._keys = []
+        self._mark = (self._file.tell(), len(self._keys))
 
     def add(self, sample: dict) -> None:
         files = sample_mod.encode(sample)
         key = sample["key"]
         for ext, data in files.items():
             self._file.write(_member(f"{key}.{ext}", data))
-        self._count += 1
+        self._keys.append(key)
 
     def rollback(self) -> None:
         pos, count = self._mark
         self._file.seek(pos)
         self._file.truncate()
-        self._count = count
+        del self._keys[count:]
 
-    def commit(self) -> None:
+    def commit(self) -> list[dict]:
+        """End the product; returns the records of shards sealed by this call."""
         if self._file is not None and self._file.tell() >= self.target:
-            self._seal()
+            return [self._seal()]
+        return []
 
     def close(self) -> list[dict]:
-        """Seal the last shard (if it holds samples); returns all shard records."""
-        if self._file is not None:
-            if self._count:
-                self._seal()
-            else:
-                self._discard()
-        return self.records
+        """Seal the last shard (if it holds samples); returns the records sealed by this call."""
+        if self._file is None:
+            return []
+        if self._keys:
+            return [self._seal()]
+        self._discard()
+        return []
 
     def abort(self) -> None:
         if self._file is not None:
@@ -87,7 +104,7 @@ class ShardWriter:
         os.unlink(self._tmp)
         self._file = None
 
-    def _seal(self) -> None:
+    def _seal(self) -> dict:
         self._file.write(b"\0" * (2 * BLOCK))
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -100,10 +117,15 @@ class ShardWriter:
         self._file = None
         rel = f"shards/{self.prefix}-{self.index:06d}.tar"
         final = f"{self.root}/{rel}"
-        part = final + ".part"
         self.fs.makedirs(f"{self.root}/shards", exist_ok=True)
-        self.fs.put_file(self._tmp, part)
-        self.fs.mv(part, final)            # rename: readers never see a partial shard
-        os.unlink(self._tmp)
-        self.records.append({"path": rel, "samples": self._count, "bytes": size, "sha256": digest.hexdigest()})
+        if self.local:
+            os.replace(self._tmp, final)        # same filesystem: atomic
+        else:
+            self.fs.put_file(self._tmp, final + ".part")
+            self.fs.mv(final + ".part", final)  # readers never see a partial shard
+            os.unlink(self._tmp)
+        record = {"path": rel, "format": self.FORMAT, "samples": len(self._keys), "bytes": size,
+                  "sha256": digest.hexdigest(), "keys": list(self._keys)}
+        self.records.append(record)
         self.index += 1
+        return record

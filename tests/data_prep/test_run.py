@@ -88,7 +88,7 @@ def test_output_holding_a_different_dataset_is_refused(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("user files")
     r = _cli("run", str(prep_recipe(tmp_path, [SSL4EO_S2A], tmp_path / "other", size=64)))
-    assert r.returncode == 2 and "holds no eofm manifest.json" in r.stderr
+    assert r.returncode == 2 and "is not empty and holds no eofm dataset" in r.stderr
 
 
 def test_bad_recipe_key_fails_before_work(tmp_path):

@@ -67,3 +67,17 @@ def test_exact_when_offset_is_not_a_multiple_of_the_scale():
     phys = dn.astype(np.float64) * 2.75e-5 - 0.2
     assert s["mean"] == pytest.approx(phys.mean(), abs=1e-12) and s["min"] == pytest.approx(phys.min(), abs=1e-15)
     assert s["p99"] == pytest.approx(np.percentile(phys, 99, method="inverted_cdf"), abs=1e-15)
+
+
+def test_serialised_stats_merge_exactly():
+    from data_prep.stats import stats_from_bytes, stats_to_bytes
+    rng = np.random.default_rng(3)
+    a, b = DatasetStats(), DatasetStats()
+    a.add_sample(_sample(rng.integers(1000, 9000, (8, 8)), np.ones((8, 8), bool)))
+    b.add_sample(_sample(rng.integers(0, 900, (8, 8)), np.ones((8, 8), bool), offset=0.0))
+    both = DatasetStats()
+    both.merge(a)
+    both.merge(b)
+    again = stats_from_bytes(stats_to_bytes(a))
+    again.merge(stats_from_bytes(stats_to_bytes(b)))
+    assert again.summary() == both.summary()

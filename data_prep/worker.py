@@ -1,0 +1,116 @@
+"""One prep worker: products in, sealed shards + ledger entries out.
+
+Samples are routed to one writer per (sensor, frame/band/pixel shape), so every shard holds one
+band set and shape (what per-sensor training batches and Zarr arrays need). A product is a
+transaction: all its chips land in one open shard or none do. When a writer seals a shard, the
+ledger records it with the products it completes and its statistics; the shard's statistics are
+exact because they are computed from exactly the samples in it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+
+from data_prep import chips, manifest
+from data_prep.config import PrepConfig
+from data_prep.ledger import Ledger
+from data_prep.recipe import build
+from data_prep.sources import ProductError, open_product
+from data_prep.stats import DatasetStats
+from data_prep.writers import WRITERS
+
+log = logging.getLogger("eofm.prep")
+
+
+class Stream:
+    """A writer plus what its open shard holds (product records and statistics)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.units: list[dict] = []
+        self.stats = DatasetStats()
+
+    def sealed(self, records: list[dict], ledger: Ledger) -> None:
+        for rec in records:
+            ledger.record_shard(rec, self.units, self.stats)
+            self.units, self.stats = [], DatasetStats()
+
+
+def stream_prefix(sensor: str, shape: tuple, part: int, worker: int) -> str:
+    tag = hashlib.sha1(repr(shape).encode()).hexdigest()[:6]
+    return f"{re.sub(r'[^a-z0-9]+', '', sensor.lower())}-{tag}-p{part:03d}-w{worker:02d}"
+
+
+def process_unit(unit: dict, cfg: PrepConfig, streams: dict, ledger: Ledger, out: str, part: int, worker: int) -> dict:
+    """Chip one unit into its stream; returns its product record (also ledgered when it has no samples)."""
+    kind, path = unit["kind"], unit["paths"][0]
+    record = {"id": unit["id"], "path": path, "kind": kind}
+    stream = None
+    stats = DatasetStats()
+    try:
+        scene = open_product(kind, path, resampling=unit.get("resampling", "bilinear"))
+        record.update(product_id=scene.product_id, sensor=scene.sensor, time=scene.time,
+                      radiometry=scene.radiometry, checksum="sha256:" + manifest.sha256_files(scene.files),
+                      sensor_info={"bands": scene.bands, "wavelengths_nm": scene.wavelengths_nm,
+                                   "gsd_m": scene.gsd_m, "units": scene.units})
+        size = cfg.chips.size
+        stride = cfg.chips.stride or size
+        written = dropped = 0
+        best = 0.0
+        for sample, frac in chips.cut(scene, size, stride, cfg.chips.min_valid_fraction):
+            best = max(best, frac)
+            if sample is None:
+                dropped += 1
+                continue
+            if stream is None:
+                key = (scene.sensor, sample["image"].shape)
+                if key not in streams:
+                    prefix = stream_prefix(scene.sensor, sample["image"].shape, part, worker)
+                    writer = WRITERS[cfg.output.format](out, prefix, int(cfg.output.target_shard_mb * 2**20),
+                                                        ledger.next_index(prefix))
+                    streams[key] = Stream(writer)
+                stream = streams[key]
+                stream.writer.begin()
+            stream.writer.add(sample)
+            stats.add_sample(sample)
+            written += 1
+        if not written:
+            raise ProductError(
+                f"{path}: no valid pixels (all-nodata or fully masked product)" if best == 0.0 else
+                f"{path}: none of its {dropped} chips reaches min_valid_fraction "
+                f"{cfg.chips.min_valid_fraction} (best {best:.2f})")
+    except (ProductError, OSError) as err:
+        if stream is not None:
+            stream.writer.rollback()
+        record.update(outcome="skipped", reason=str(err))
+        log.warning("skipped %s: %s", path, err)
+        ledger.record_unit(record)
+        return record
+    record.update(outcome="written", chips=written, dropped_low_valid=dropped)
+    stream.units.append(record)
+    stream.stats.merge(stats)
+    stream.sealed(stream.writer.commit(), ledger)
+    return record
+
+
+def run_worker(job: dict) -> dict:
+    """Process job['units'] (spawn-safe entry point: plain data in, plain data out)."""
+    cfg = build(PrepConfig, job["recipe"])
+    ledger = Ledger(job["out"])
+    streams: dict = {}
+    queue = job.get("queue")
+    written = 0
+    try:
+        for unit in job["units"]:
+            rec = process_unit(unit, cfg, streams, ledger, job["out"], job["part"], job["worker"])
+            written += rec.get("chips", 0)
+            if queue is not None:
+                queue.put((1, rec.get("chips", 0)))
+        for stream in streams.values():
+            stream.sealed(stream.writer.close(), ledger)
+    except BaseException:
+        for stream in streams.values():
+            stream.writer.abort()
+        raise
+    return {"worker": job["worker"], "units": len(job["units"]), "chips": written}

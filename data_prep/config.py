@@ -20,18 +20,38 @@ class SourceSpec:
 
 
 @dataclass
+class ChipOverride:
+    size: int | None = None
+    stride: int | None = None
+    min_valid_fraction: float | None = None
+    gsd_m: float | None = None
+
+
+@dataclass
 class ChipSpec:
     size: int = 128                  # pixels on the target grid
     stride: int = 0                  # 0 = size (no overlap)
-    min_valid_fraction: float = 0.9  # drop chips with fewer valid pixels
+    min_valid_fraction: float = 0.9  # drop chips with fewer valid pixels (clouds, shadow, nodata are invalid)
+    gsd_m: float = 0.0               # target ground sample distance in metres; 0 = each product's own grid
+    per_sensor: dict[str, ChipOverride] = field(default_factory=dict)   # e.g. {sentinel1: {size: 64, gsd_m: 20}}
 
     def __post_init__(self):
-        if self.size <= 0:
-            raise ValueError(f"size must be positive, got {self.size}")
-        if self.stride < 0:
-            raise ValueError(f"stride must be >= 0, got {self.stride}")
-        if not 0.0 <= self.min_valid_fraction <= 1.0:
-            raise ValueError(f"min_valid_fraction must be in [0, 1], got {self.min_valid_fraction}")
+        for spec in [self, *self.per_sensor.values()]:
+            if spec.size is not None and spec.size <= 0:
+                raise ValueError(f"size must be positive, got {spec.size}")
+            if spec.stride is not None and spec.stride < 0:
+                raise ValueError(f"stride must be >= 0, got {spec.stride}")
+            if spec.min_valid_fraction is not None and not 0.0 <= spec.min_valid_fraction <= 1.0:
+                raise ValueError(f"min_valid_fraction must be in [0, 1], got {spec.min_valid_fraction}")
+            if spec.gsd_m is not None and spec.gsd_m < 0:
+                raise ValueError(f"gsd_m must be >= 0, got {spec.gsd_m}")
+
+    def for_sensor(self, sensor: str) -> "ChipSpec":
+        """These settings with the sensor's overrides applied."""
+        o = self.per_sensor.get(sensor, ChipOverride())
+        pick = lambda mine, theirs: mine if theirs is None else theirs  # noqa: E731
+        return ChipSpec(pick(self.size, o.size), pick(self.stride, o.stride),
+                        pick(self.min_valid_fraction, o.min_valid_fraction), pick(self.gsd_m, o.gsd_m))
 
 
 @dataclass

@@ -16,6 +16,7 @@ from data_prep import chips, manifest
 from data_prep.config import PrepConfig
 from data_prep.ledger import Ledger
 from data_prep.recipe import build
+from data_prep.regrid import coarsen
 from data_prep.sources import ProductError, open_product
 from data_prep.stats import DatasetStats
 from data_prep.writers import WRITERS
@@ -51,14 +52,14 @@ def process_unit(unit: dict, cfg: PrepConfig, streams: dict, ledger: Ledger, out
     try:
         scene = open_product(kind, path, resampling=unit.get("resampling", "bilinear"))
         record.update(product_id=scene.product_id, sensor=scene.sensor, time=scene.time,
-                      radiometry=scene.radiometry, checksum="sha256:" + manifest.sha256_files(scene.files),
-                      sensor_info={"bands": scene.bands, "wavelengths_nm": scene.wavelengths_nm,
-                                   "gsd_m": scene.gsd_m, "units": scene.units})
-        size = cfg.chips.size
-        stride = cfg.chips.stride or size
+                      radiometry=scene.radiometry, checksum="sha256:" + manifest.sha256_files(scene.files))
+        spec = cfg.chips.for_sensor(scene.sensor)
+        scene = coarsen(scene, spec.gsd_m)
+        record["sensor_info"] = {"bands": scene.bands, "wavelengths_nm": scene.wavelengths_nm,
+                                 "gsd_m": scene.gsd_m, "units": scene.units}
         written = dropped = 0
         best = 0.0
-        for sample, frac in chips.cut(scene, size, stride, cfg.chips.min_valid_fraction):
+        for sample, frac in chips.cut(scene, spec.size, spec.stride or spec.size, spec.min_valid_fraction):
             best = max(best, frac)
             if sample is None:
                 dropped += 1
@@ -79,7 +80,7 @@ def process_unit(unit: dict, cfg: PrepConfig, streams: dict, ledger: Ledger, out
             raise ProductError(
                 f"{path}: no valid pixels (all-nodata or fully masked product)" if best == 0.0 else
                 f"{path}: none of its {dropped} chips reaches min_valid_fraction "
-                f"{cfg.chips.min_valid_fraction} (best {best:.2f})")
+                f"{spec.min_valid_fraction} (best {best:.2f})")
     except (ProductError, OSError) as err:
         if stream is not None:
             stream.writer.rollback()

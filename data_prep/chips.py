@@ -19,20 +19,21 @@ def grid(height: int, width: int, size: int, stride: int) -> list[Window]:
             for c in range(0, width - size + 1, stride)]
 
 
-def chip_key(scene: Scene, win: Window) -> str:
+def chip_key(scene: Scene, win: Window, times: list[str] | None = None) -> str:
     """Stable key from sensor, CRS, global grid cell of the chip origin and acquisition time.
 
     The cell is the chip origin in map units divided by the pixel size (a global grid anchored
     at the CRS origin), so keys are unique in any CRS (metres or degrees) and never depend on
     run order: re-runs and other nodes produce the same key for the same chip. WebDataset
-    splits keys at the first dot, so keys hold no dots.
+    splits keys at the first dot, so keys hold no dots. `times` (a multi-date series: its first
+    and last time) replaces the scene's own time with those times joined by "_".
     """
     a, b, c, d, e, f = scene.transform
     x = c + a * win.col + b * win.row
     y = f + d * win.col + e * win.row
     col, row = round(x / abs(a)), round(y / abs(e))
     crs = scene.crs.replace("EPSG:", "epsg") if scene.crs.startswith("EPSG:") else "crs"
-    t = scene.time.replace("-", "").replace(":", "")
+    t = "_".join(s.replace("-", "").replace(":", "") for s in (times or [scene.time]))
     return f"{scene.sensor}_{crs}_x{col}_y{row}_{t}".replace("-", "m")
 
 

@@ -57,8 +57,7 @@ class ChipSpec:
 @dataclass
 class OutputSpec:
     path: str = "runs/prep"              # local folder or fsspec URL
-    format: Literal["webdataset"] = "webdataset"   # key of data_prep.writers.WRITERS
-    shard_prefix: str = "eo"             # shards are shards/<prefix>-000000.tar, ...
+    format: Literal["webdataset", "zarr"] = "webdataset"   # tar shards, or groups of one Zarr v3 store
     target_shard_mb: float = 256.0       # shards are sealed between products past this size
     overwrite: bool = False              # replace a different dataset already at `path`
 

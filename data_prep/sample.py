@@ -31,12 +31,17 @@ def _npy(a: np.ndarray) -> bytes:
 def encode(sample: dict) -> dict[str, bytes]:
     """Sample dict -> {'image.npy': ..., 'valid.npy': ..., 'json': ...} (key handled by the writer)."""
     check(sample)
-    meta = {k: v for k, v in sample.items() if k not in ("key", "image", "valid")}
     return {
         "image.npy": _npy(sample["image"]),
         "valid.npy": _npy(sample["valid"].astype(bool)),
-        "json": json.dumps(meta, sort_keys=True).encode(),
+        "json": meta_json(sample),
     }
+
+
+def meta_json(sample: dict) -> bytes:
+    """The sample's metadata (everything but key, image, valid) as the `.json` member's bytes."""
+    meta = {k: v for k, v in sample.items() if k not in ("key", "image", "valid")}
+    return json.dumps(meta, sort_keys=True).encode()
 
 
 def decode(files: dict[str, bytes], key: str) -> dict:

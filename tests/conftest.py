@@ -35,7 +35,7 @@ def prep_recipe(tmp_path: Path, paths: list, out: Path, size: int = 32, **chips)
         "sources": [{"kind": "auto", "paths": [str(p) for p in paths]}],
         "chips": {"size": size, "stride": chips.get("stride", size),
                   "min_valid_fraction": chips.get("min_valid_fraction", 0.9)},
-        "output": {"path": str(out), "shard_prefix": "t", "target_shard_mb": chips.get("target_shard_mb", 1.0)},
+        "output": {"path": str(out), "target_shard_mb": chips.get("target_shard_mb", 1.0)},
     }
     p = tmp_path / f"prep_{out.name}.yaml"
     p.write_text(yaml.safe_dump(recipe))

@@ -119,17 +119,19 @@ def test_scl_classes_and_nodata_saturated_dns_mask_exactly_the_expected_pixels(t
         if band == "B03" and res == 10:
             a[40, 40] = 0                        # nodata in a 10 m band
         if band == "B11" and res == 20:
-            a[25, 25] = 65535                    # saturated in a 20 m band -> 10 m 50..51
+            a[25, 25] = 65535                    # saturated in a 20 m band -> bilinear taps: 10 m 49..52
         if band == "B09" and res == 60:
-            a[9, 0] = 0                          # nodata in a 60 m band -> 10 m rows 54..59, cols 0..5
+            a[9, 0] = 0                          # nodata in a 60 m band -> bilinear taps: rows 51..59, cols 0..8
         return a
 
     scene = safe_reader.open_product(str(make_safe(tmp_path, scl=scl, edit=edit)))
     _, valid = scene.read(FULL)
     expected = ~np.isin(np.kron(scl, np.ones((2, 2), np.uint8)), SCL_INVALID)
     expected[40, 40] = False
-    expected[50:52, 50:52] = False
-    expected[54:60, 0:6] = False
+    # A 10 m pixel whose bilinear value mixes in a flagged coarse pixel is invalid: source pixel
+    # i contributes to target t when i in {floor(u - 0.5), floor(u - 0.5) + 1}, u = (t + 0.5) / k.
+    expected[49:53, 49:53] = False
+    expected[51:60, 0:9] = False
     np.testing.assert_array_equal(valid, expected)
     assert set(SCL_INVALID) == {0, 1, 3, 8, 9, 10}
     # the same on a window that is not at the origin

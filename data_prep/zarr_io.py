@@ -1,0 +1,134 @@
+"""Reading the Zarr v3 form of a prepared dataset (written by data_prep.writers.zarr_store).
+
+Layout (see ZarrShardWriter for the writing side):
+  <dataset>/store.zarr/                   root group, attrs {"format": "eofm-zarr", "format_version": 1}
+  <dataset>/store.zarr/<prefix>-<index>/  one group per sealed writer shard (its record path),
+                                          attrs {"samples": N, "sensor": ..., "image_dtype": ...}
+      image  (N, T, C, H, W) stored integers, chunk (1, T, C, H, W), zarr shard (S, T, C, H, W)
+      valid  (N, T, H, W) bool,               chunk (1, T, H, W),    zarr shard (S, T, H, W)
+      meta   (N,) UTF-8 strings: the sample's `.json` member (data_prep.sample.meta_json)
+      key    (N,) UTF-8 strings: the sample keys
+A sample read back here is exactly what data_prep.sample.decode gives for the same sample
+read from a WebDataset tar: same keys, dtypes, shapes and metadata.
+
+Checksum of a group (`group_digest`): sha256 over its files sorted by relative POSIX path;
+for each file the digest takes `<relative path>` + NUL + sha256(file contents) (32 raw bytes).
+`bytes` is the sum of the files' sizes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterator
+
+import fsspec
+import numpy as np
+import zarr
+
+from data_prep.sample import SampleError, check
+
+STORE = "store.zarr"
+FORMAT = "eofm-zarr"
+FORMAT_VERSION = 1
+ROOT_ATTRS = {"format": FORMAT, "format_version": FORMAT_VERSION}
+ARRAYS = ("image", "valid", "meta", "key")
+
+
+def group_digest(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, int]:
+    """(sha256 hex, total bytes) of every file under the group folder `path` on `fs`."""
+    base = fs._strip_protocol(path).rstrip("/")
+    found = fs.find(base, detail=True)
+    entries = []
+    for name, info in found.items():
+        name = fs._strip_protocol(name)
+        if not name.startswith(base + "/") or info.get("type") == "directory":
+            continue
+        entries.append((name[len(base) + 1:], name, int(info["size"])))
+    entries.sort()
+    outer = hashlib.sha256()
+    total = 0
+    for rel, name, size in entries:
+        inner = hashlib.sha256()
+        with fs.open(name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                inner.update(chunk)
+        outer.update(rel.encode("utf-8") + b"\0")
+        outer.update(inner.digest())
+        total += size
+    return outer.hexdigest(), total
+
+
+def _url(dataset_url: str, rel_path: str) -> str:
+    return f"{dataset_url.rstrip('/')}/{rel_path.strip('/')}"
+
+
+def open_zarr_shard(dataset_url: str, rel_path: str, storage_options: dict | None = None) -> zarr.Group:
+    """Open one shard group read-only (local path or any fsspec URL) and check its arrays."""
+    url = _url(dataset_url, rel_path)
+    kwargs = {"storage_options": storage_options} if storage_options and "://" in url else {}
+    try:
+        group = zarr.open_group(url, mode="r", **kwargs)
+    except (OSError, KeyError, ValueError, zarr.errors.BaseZarrError) as err:
+        raise ValueError(f"{rel_path}: not a readable zarr shard group: {err}") from None
+    missing = [a for a in ARRAYS if a not in group]
+    if missing:
+        raise ValueError(f"{rel_path}: zarr shard group lacks array(s) {', '.join(missing)}")
+    n = group["image"].shape[0]
+    lengths = {a: group[a].shape[0] for a in ARRAYS}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{rel_path}: arrays disagree on the sample count: {lengths}")
+    if group.attrs.get("samples", n) != n:
+        raise ValueError(f"{rel_path}: attrs say {group.attrs.get('samples')} samples, arrays hold {n}")
+    return group
+
+
+def make_sample(key: str, image: np.ndarray, valid: np.ndarray, meta: str) -> dict:
+    """Stored pieces -> sample dict, built exactly as data_prep.sample.decode builds it."""
+    try:
+        meta = json.loads(meta)
+    except ValueError as err:
+        raise SampleError(f"sample {key}: cannot decode: {err}") from None
+    if not isinstance(meta, dict):
+        raise SampleError(f"sample {key}: cannot decode: metadata is not a JSON object")
+    sample = {"key": key, "image": image, "valid": valid, **meta}
+    check(sample)
+    return sample
+
+
+def _step(arr) -> int:
+    shards = getattr(arr, "shards", None)
+    return int((shards or arr.chunks)[0])
+
+
+def iter_zarr_raw(dataset_url: str, rel_path: str, storage_options: dict | None = None
+                  ) -> Iterator[tuple[str, np.ndarray, np.ndarray, str]]:
+    """Yield (key, image, valid, meta JSON string) in stored order, one zarr shard read at a time."""
+    group = open_zarr_shard(dataset_url, rel_path, storage_options)
+    image, valid, meta, keys = (group[a] for a in ARRAYS)
+    n, step = image.shape[0], max(1, _step(image))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        imgs, vals, metas, ks = image[a:b], valid[a:b], meta[a:b], keys[a:b]
+        for i in range(b - a):
+            yield str(ks[i]), imgs[i].copy(), vals[i].copy(), str(metas[i])
+
+
+def iter_zarr_shard(dataset_url: str, rel_path: str,
+                    storage_options: dict | None = None) -> Iterator[tuple[str, dict]]:
+    """Yield (key, sample) in stored order; samples equal data_prep.sample.decode's for the tar form."""
+    for key, image, valid, meta in iter_zarr_raw(dataset_url, rel_path, storage_options):
+        yield key, make_sample(key, image, valid, meta)
+
+
+def read_zarr_sample(dataset_url: str, rel_path: str, index: int,
+                     storage_options: dict | None = None, group: zarr.Group | None = None) -> dict:
+    """Random access: sample number `index` of the shard (pass `group` from open_zarr_shard to
+    avoid re-opening it for every read)."""
+    group = group if group is not None else open_zarr_shard(dataset_url, rel_path, storage_options)
+    n = group["image"].shape[0]
+    if not -n <= index < n:
+        raise IndexError(f"{rel_path}: sample index {index} out of range for {n} samples")
+    index %= n
+    key = str(group["key"][index])
+    return make_sample(key, np.asarray(group["image"][index]), np.asarray(group["valid"][index]),
+                   str(group["meta"][index]))

@@ -114,5 +114,6 @@ def test_help(cmd):
 def test_help_lists_every_recipe_key():
     out = _cli("run", "--help").stdout
     for key in ("sources[].kind", "sources[].paths", "sources[].resampling", "chips.size", "chips.stride",
+                "chips.min_valid_fraction", "chips.gsd_m", "chips.per_sensor", "output.path", "output.format",
                 "output.target_shard_mb", "output.overwrite"):
         assert key in out, key

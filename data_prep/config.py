@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from data_prep.landcover import LandcoverSpec
+
 
 @dataclass
 class SourceSpec:
@@ -63,9 +65,25 @@ class OutputSpec:
 
 
 @dataclass
+class SeriesSpec:
+    mode: Literal["none", "all", "spread", "seasons"] = "none"   # none: one sample per product and date
+    max_frames: int = 0               # cap on frames per sample (0 = no cap; required for spread)
+    min_frames: int = 2               # chips with fewer valid frames are dropped
+    out_of_range: Literal["invalid", "error"] = "invalid"   # a frame value the first frame's dtype cannot hold
+
+    def __post_init__(self):
+        if self.mode == "spread" and self.max_frames <= 0:
+            raise ValueError("mode spread needs max_frames > 0 (how many dates to spread over the year)")
+        if self.min_frames < 1 or self.max_frames < 0:
+            raise ValueError(f"min_frames must be >= 1 and max_frames >= 0, got {self.min_frames}, {self.max_frames}")
+
+
+@dataclass
 class PrepConfig:
     sources: list[SourceSpec] = field(default_factory=list)
     chips: ChipSpec = field(default_factory=ChipSpec)
+    series: SeriesSpec = field(default_factory=SeriesSpec)
+    landcover: LandcoverSpec = field(default_factory=LandcoverSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
 
     def __post_init__(self):

@@ -124,6 +124,7 @@ class LandcoverSpec:
     codes: list[int] = field(default_factory=list)   # explicit class codes (override the preset)
     names: list[str] = field(default_factory=list)   # class names (default: the preset's names)
     min_coverage: float = 0.5         # chips with a smaller share of known-class pixels get no fractions
+    keep_uncovered: bool = False      # keep such chips (without `landcover`) instead of dropping them
 
     def __post_init__(self):
         if self.classes not in PRESETS:

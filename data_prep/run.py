@@ -21,7 +21,7 @@ from tqdm import tqdm
 from data_prep import manifest
 from data_prep.config import PrepConfig
 from data_prep.ledger import Ledger
-from data_prep.plan import deal, part_of, units_from_products
+from data_prep.plan import deal, make_unit, part_of, units_from_products
 from data_prep.recipe import save_recipe, to_dict
 from data_prep.sources import ProductError, find_products
 from data_prep.worker import run_worker
@@ -87,7 +87,43 @@ def make_plan(cfg: PrepConfig) -> dict:
         if u["id"] not in seen:
             seen.add(u["id"])
             unique.append(u)
+    if cfg.series.mode != "none":
+        unique, more = series_units(unique, cfg.series)
+        unreadable += more
     return {"units": unique, "unreadable": unreadable}
+
+
+def series_units(units: list[dict], spec) -> tuple[list[dict], list[dict]]:
+    """Group single-product units by footprint into series units, frames chosen by `spec.mode`.
+    Returns (units, records of products that cannot be opened or are not selected)."""
+    from data_prep.chips import chip_lonlat
+    from data_prep.series import group_by_footprint, select_frames
+    from data_prep.sources import Window, open_product
+
+    items, records = [], []
+    for u in units:
+        try:
+            s = open_product(u["kind"], u["paths"][0], resampling=u["resampling"])
+        except ProductError as err:
+            records.append({"path": u["paths"][0], "kind": u["kind"], "outcome": "skipped", "reason": str(err)})
+            continue
+        items.append({"unit": u, "sensor": s.sensor, "crs": s.crs, "transform": s.transform, "width": s.width,
+                      "height": s.height, "time": s.time,
+                      "lat": chip_lonlat(s, Window(0, 0, s.height, s.width))[1]})
+    out = []
+    for group in group_by_footprint(items):
+        members = [items[i] for i in group]
+        keep = select_frames([m["time"] for m in members], spec.mode, spec.max_frames, members[0]["lat"])
+        chosen = [members[i] for i in keep]
+        for i, m in enumerate(members):
+            if i not in keep:
+                records.append({"path": m["unit"]["paths"][0], "kind": m["unit"]["kind"], "outcome": "unused",
+                                "reason": f"not selected by series.mode={spec.mode} (max_frames {spec.max_frames})"})
+        paths = [m["unit"]["paths"][0] for m in chosen]
+        unit = make_unit("series", paths)
+        unit.update(kinds=[m["unit"]["kind"] for m in chosen], resampling=chosen[0]["unit"]["resampling"])
+        out.append(unit)
+    return out, records
 
 
 def _save_plan(out: str, plan: dict) -> None:
@@ -187,17 +223,28 @@ def merge(url: str, require_complete: bool = True) -> dict | None:
         log.info("%d of %d products still to do in other parts; the last part to finish writes the manifest",
                  len(missing), len(plan["units"]))
         return None
-    products = [done[u["id"]] for u in plan["units"]] + plan["unreadable"]
+    units = [done[u["id"]] for u in plan["units"]]
     shards = sorted((e["shard"] for e in ledger.entries()[0]), key=lambda r: r["path"])
     summary = ledger.stats().summary()
     sensors = {}
-    for p in products:
-        if p.get("outcome") == "written" and p["sensor"] not in sensors:
-            sensors[p["sensor"]] = dict(p["sensor_info"])
+    for u in units:
+        if u.get("outcome") == "written" and u["sensor_info"] is not None:
+            sensor = (u.get("products") or [u])[0]["sensor"]
+            sensors.setdefault(sensor, dict(u["sensor_info"]))
     for sensor, info in sensors.items():
         info["stats"] = {b: summary.get(sensor, {}).get(b) for b in info["bands"]}
-    products = [{k: v for k, v in p.items() if k != "sensor_info"} for p in products]
+    products = []
+    for u in units:                      # a series unit lists each of its products
+        base = {k: v for k, v in u.items() if k not in ("sensor_info", "products", "paths")}
+        products += [{**base, **p, "series": u["id"]} for p in u["products"]] if "products" in u else [base]
+    products += plan["unreadable"]
     m = manifest.build(recipe, products, shards, sensors)
+    if recipe.get("landcover", {}).get("path"):
+        from data_prep.landcover import LandcoverSpec
+        spec = LandcoverSpec(**recipe["landcover"])
+        codes, names = spec.table()
+        m["landcover"] = {"source": spec.path, "codes": codes, "names": names, "resampling": "nearest",
+                          "min_coverage": spec.min_coverage, "sample_key": "landcover.fractions (one per code)"}
     if m["samples"] == 0:
         reasons = "; ".join(p["reason"] for p in products if p.get("reason")) or "no products"
         raise PrepError(f"no chips written: {reasons}")

@@ -22,20 +22,27 @@ class SampleError(ValueError):
     pass
 
 
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
+def _npy_parts(a: np.ndarray) -> list:
+    """The bytes np.save writes, as [header, zero-copy view of the array data]."""
+    a = np.ascontiguousarray(a)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
+    return [head.getvalue(), memoryview(a.reshape(-1)).cast("B")]
+
+
+def encode_parts(sample: dict) -> dict[str, list]:
+    """Like `encode`, each member as a list of byte buffers (writers stream them without copying)."""
+    check(sample)
+    return {
+        "image.npy": _npy_parts(sample["image"]),
+        "valid.npy": _npy_parts(sample["valid"].astype(bool, copy=False)),
+        "json": [meta_json(sample)],
+    }
 
 
 def encode(sample: dict) -> dict[str, bytes]:
     """Sample dict -> {'image.npy': ..., 'valid.npy': ..., 'json': ...} (key handled by the writer)."""
-    check(sample)
-    return {
-        "image.npy": _npy(sample["image"]),
-        "valid.npy": _npy(sample["valid"].astype(bool)),
-        "json": meta_json(sample),
-    }
+    return {ext: b"".join(parts) for ext, parts in encode_parts(sample).items()}
 
 
 def meta_json(sample: dict) -> bytes:

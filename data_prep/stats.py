@@ -20,9 +20,15 @@ class IntHistogram:
         self.counts = np.zeros(0, dtype=np.int64)
 
     def add(self, values: np.ndarray) -> None:
-        k = np.asarray(values).astype(np.int64, copy=False).ravel()
-        if k.size == 0:
+        v = np.asarray(values).ravel()
+        if v.size == 0:
             return
+        if v.dtype.kind == "u":          # unsigned: count from 0 directly, no shifted copy
+            c = np.bincount(v)
+            self._extend(0, c.size - 1)
+            self.counts[-self.lo:-self.lo + c.size] += c
+            return
+        k = v.astype(np.int64, copy=False)
         self._extend(int(k.min()), int(k.max()))
         self.counts += np.bincount(k - self.lo, minlength=self.counts.size)
 
@@ -90,8 +96,10 @@ class DatasetStats:
     def add_sample(self, sample: dict) -> None:
         bands = self.sensors.setdefault(sample["sensor"], {})
         img, valid = sample["image"], sample["valid"]            # (T,C,H,W), (T,H,W)
+        everywhere = bool(valid.all())                           # no boolean selection (a copy) needed
         for c, name in enumerate(sample["bands"]):
-            bands.setdefault(name, BandStats()).add(img[:, c][valid], sample["scale"][c], sample["offset"][c])
+            values = img[:, c] if everywhere else img[:, c][valid]
+            bands.setdefault(name, BandStats()).add(values, sample["scale"][c], sample["offset"][c])
 
     def merge(self, other: "DatasetStats") -> None:
         for sensor, bands in other.sensors.items():

@@ -69,12 +69,13 @@ def check_aligned(sources: dict[str, object], grid: Grid, names: dict[str, str] 
 
 
 def read_on_grid(src, grid: Grid, win: Window, resampling: str = "bilinear", band: int = 1,
-                 label: str | None = None) -> np.ndarray:
-    """Window `win` of `grid`, read from band `band` of `src` (resampled if its grid differs)."""
+                 label: str | None = None, same_grid: bool | None = None) -> np.ndarray:
+    """Window `win` of `grid`, read from band `band` of `src` (resampled if its grid differs;
+    pass `same_grid` when already known, to skip the comparison)."""
     rw = RioWindow(win.col, win.row, win.width, win.height)
     shape = (win.height, win.width)
     try:
-        if Grid.of(src) == grid:
+        if same_grid if same_grid is not None else Grid.of(src) == grid:
             return src.read(band, window=rw)
         bounds = rasterio.windows.bounds(rw, grid.affine())
         sw = from_bounds(*bounds, transform=src.transform)
@@ -83,11 +84,16 @@ def read_on_grid(src, grid: Grid, win: Window, resampling: str = "bilinear", ban
         raise ProductError(f"{label or src.name}: read failed (truncated or corrupt raster?): {err}") from None
 
 
-def overview(src, band: int = 1, size: int = 256) -> np.ndarray:
-    """A decimated nearest-neighbour read of a whole band (for data-driven decisions and scans)."""
-    h, w = min(src.height, size), min(src.width, size)
+def overview(src, band: int = 1, size: int = 256, grid: int = 4) -> np.ndarray:
+    """A sample of a band's pixels (1-D) for data-driven decisions: a grid x grid pattern of small
+    windows spread over the raster, about size x size pixels in all. A decimated read of the whole
+    band would decode every block of a large file that has no overviews."""
+    k = max(1, min(size // grid, src.height // grid, src.width // grid))
+    rows = np.linspace(0, src.height - k, grid).astype(int)
+    cols = np.linspace(0, src.width - k, grid).astype(int)
     try:
-        return src.read(band, out_shape=(h, w), resampling=Resampling.nearest)
+        return np.concatenate([src.read(band, window=RioWindow(int(c), int(r), k, k)).ravel()
+                               for r in rows for c in cols])
     except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as err:
         raise ProductError(f"{src.name}: read failed (truncated or corrupt raster?): {err}") from None
 
@@ -104,13 +110,36 @@ def _taps(u: np.ndarray, n: int, resampling: str) -> list[np.ndarray]:
     return [np.clip(base + o, 0, n - 1).astype(np.int64) for o in KERNEL_TAPS[resampling]]
 
 
+class StripCache:
+    """Native-resolution rows of a raster band, read in full-width strips and reused by the next
+    windows of the same chip row (chips are cut row-major). Holds one strip per band."""
+
+    def __init__(self, src, invalid: Callable[[np.ndarray], np.ndarray], band: int = 1, label: str | None = None,
+                 min_rows: int = 64):
+        self.src, self.invalid, self.band, self.label, self.min_rows = src, invalid, band, label, min_rows
+        self.r0, self.bad = 0, None
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Invalid mask of native rows [r0, r1) (clipped to the raster), all columns."""
+        if self.bad is None or r0 < self.r0 or r1 > self.r0 + self.bad.shape[0]:
+            r_end = min(self.src.height, max(r1, r0 + self.min_rows))
+            try:
+                block = self.src.read(self.band, window=RioWindow(0, r0, self.src.width, r_end - r0))
+            except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as err:
+                raise ProductError(f"{self.label or self.src.name}: read failed (truncated or corrupt raster?): "
+                                   f"{err}") from None
+            self.r0, self.bad = r0, self.invalid(block)
+            self.any_bad = bool(self.bad.any())
+        return self.bad[r0 - self.r0:r1 - self.r0]
+
+
 def upsampled_invalid(src, grid: Grid, win: Window, invalid: Callable[[np.ndarray], np.ndarray], resampling: str,
-                      band: int = 1, label: str | None = None) -> np.ndarray | None:
+                      band: int = 1, label: str | None = None, cache: StripCache | None = None) -> np.ndarray | None:
     """Invalid mask (h, w) on the target window for a band COARSER than the grid (else None).
 
-    One native-resolution read: a target pixel is invalid when any source pixel the resampling
-    kernel mixes into it is invalid (nearest: the pixel under its centre), so no value blended
-    with nodata counts as real.
+    Native-resolution data (from `cache` when given): a target pixel is invalid when any source
+    pixel the resampling kernel mixes into it is invalid (nearest: the pixel under its centre),
+    so no value blended with nodata counts as real.
     """
     sa, sb, sc, sd, se, sf = tuple(src.transform)[:6]
     a, b, c, d, e, f = grid.transform
@@ -120,18 +149,14 @@ def upsampled_invalid(src, grid: Grid, win: Window, invalid: Callable[[np.ndarra
     ys = f + e * (win.row + np.arange(win.height) + 0.5)
     cols = _taps((xs - sc) / sa, src.width, resampling)
     rows = _taps((ys - sf) / se, src.height, resampling)
-    c0, c1 = min(t.min() for t in cols), max(t.max() for t in cols) + 1
-    r0, r1 = min(t.min() for t in rows), max(t.max() for t in rows) + 1
-    try:
-        block = src.read(band, window=RioWindow(int(c0), int(r0), int(c1 - c0), int(r1 - r0)))
-    except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError) as err:
-        raise ProductError(f"{label or src.name}: read failed (truncated or corrupt raster?): {err}") from None
-    bad = invalid(block)
-    out = np.zeros((win.height, win.width), dtype=bool)
-    for r in rows:
-        for cc in cols:
-            out |= bad[np.ix_(r - r0, cc - c0)]
-    return out
+    r0, r1 = int(min(t.min() for t in rows)), int(max(t.max() for t in rows)) + 1
+    strip = cache or StripCache(src, invalid, band, label)
+    bad = strip.rows(r0, r1)
+    if not strip.any_bad:                # clean strip (the common case): nothing to gather
+        return np.zeros((win.height, win.width), dtype=bool)
+    # the kernel is separable, so OR over column taps on the few native rows, then over row taps
+    by_col = np.logical_or.reduce([bad.take(cc, axis=1) for cc in cols])
+    return np.logical_or.reduce([by_col.take(r - r0, axis=0) for r in rows])
 
 
 def stack_reader(bands: list[str], sources: dict, labels: dict[str, str], grid: Grid, resampling: str,
@@ -146,19 +171,21 @@ def stack_reader(bands: list[str], sources: dict, labels: dict[str, str], grid: 
     (dataset, label, band index, fn(values) -> invalid bool array).
     """
     masks = list(masks)
+    same = {b: Grid.of(sources[b]) == grid for b in bands}            # computed once, not per window
+    strips = {b: StripCache(sources[b], lambda v, b=b: band_invalid(b, v), 1, labels[b]) for b in bands if not same[b]}
 
     def read(win: Window) -> tuple[np.ndarray, np.ndarray]:
         out = np.empty((len(bands), win.height, win.width), dtype=dtype)
         valid = np.ones((win.height, win.width), dtype=bool)
         for i, b in enumerate(bands):
             src = sources[b]
-            out[i] = read_on_grid(src, grid, win, resampling, label=labels[b])
-            if Grid.of(src) == grid:
+            out[i] = read_on_grid(src, grid, win, resampling, label=labels[b], same_grid=same[b])
+            if same[b]:
                 valid &= ~band_invalid(b, out[i])
                 continue
-            bad = upsampled_invalid(src, grid, win, lambda v, b=b: band_invalid(b, v), resampling, label=labels[b])
+            bad = upsampled_invalid(src, grid, win, strips[b].invalid, resampling, label=labels[b], cache=strips[b])
             if bad is None:
-                bad = band_invalid(b, read_on_grid(src, grid, win, "nearest", label=labels[b]))
+                bad = band_invalid(b, read_on_grid(src, grid, win, "nearest", label=labels[b], same_grid=False))
             valid &= ~bad
         for src, label, band, invalid in masks:
             valid &= ~invalid(read_on_grid(src, grid, win, "nearest", band=band, label=label))

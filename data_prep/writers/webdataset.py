@@ -24,14 +24,18 @@ BLOCK = 512
 TMP_DIR = ".tmp"
 
 
-def _member(name: str, data: bytes) -> bytes:
+def _write_member(f, digest, name: str, parts: list) -> None:
+    """Header, payload buffers and padding written (and hashed) one by one: no copy of a
+    multi-MB payload."""
+    size = sum(len(p) for p in parts)
     info = tarfile.TarInfo(name)
-    info.size = len(data)
+    info.size = size
     info.mtime = 0
     info.mode = 0o644
     info.uname = info.gname = ""
-    pad = (-len(data)) % BLOCK
-    return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * pad
+    for part in (info.tobuf(format=tarfile.USTAR_FORMAT), *parts, b"\0" * ((-size) % BLOCK)):
+        f.write(part)
+        digest.update(part)
 
 
 def is_local(fs) -> bool:
@@ -64,20 +68,23 @@ class ShardWriter:
                 fd, self._tmp = tempfile.mkstemp(prefix="eofm-shard-", suffix=".tar.part")
             self._file = os.fdopen(fd, "w+b")
             self._keys = []
-        self._mark = (self._file.tell(), len(self._keys))
+            self._digest = hashlib.sha256()
+        # hashing as we write avoids reading the shard back; a copy of the hash state is the
+        # rollback point, like the file offset
+        self._mark = (self._file.tell(), len(self._keys), self._digest.copy())
 
     def add(self, sample: dict) -> None:
-        files = sample_mod.encode(sample)
         key = sample["key"]
-        for ext, data in files.items():
-            self._file.write(_member(f"{key}.{ext}", data))
+        for ext, parts in sample_mod.encode_parts(sample).items():
+            _write_member(self._file, self._digest, f"{key}.{ext}", parts)
         self._keys.append(key)
 
     def rollback(self) -> None:
-        pos, count = self._mark
+        pos, count, digest = self._mark
         self._file.seek(pos)
         self._file.truncate()
         del self._keys[count:]
+        self._digest = digest.copy()
 
     def commit(self) -> list[dict]:
         """End the product; returns the records of shards sealed by this call."""
@@ -105,14 +112,13 @@ class ShardWriter:
         self._file = None
 
     def _seal(self) -> dict:
-        self._file.write(b"\0" * (2 * BLOCK))
+        end = b"\0" * (2 * BLOCK)
+        self._file.write(end)
+        self._digest.update(end)
+        digest = self._digest
         self._file.flush()
         os.fsync(self._file.fileno())
         size = self._file.tell()
-        self._file.seek(0)
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: self._file.read(1 << 20), b""):
-            digest.update(chunk)
         self._file.close()
         self._file = None
         rel = f"shards/{self.prefix}-{self.index:06d}.tar"

@@ -1,4 +1,5 @@
-"""Streaming WebDataset loader: shards split by rank and worker, seeded shuffling, batches per sensor.
+"""Streaming loader over prepared shards (WebDataset tars or Zarr groups): split by rank and
+worker, seeded shuffling, batches per sensor.
 
 Each worker streams its shards (see partition.py) epoch after epoch, without end: training
 runs for a number of steps, so every rank always has a next batch and no rank can hang in a
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_prep import manifest as manifest_mod
 from data_prep.sample import decode, physical
 from data_prep.tario import iter_tar_samples
+from data_prep.zarr_io import iter_zarr_shard
 from pretrain.data.normalize import normalization_table, normalize
 from pretrain.data.partition import shards_for_worker
 
@@ -43,13 +45,19 @@ def to_tensors(sample: dict, norm: dict) -> dict:
         "gsd_m": torch.tensor(float(sample["gsd_m"])),
         "times": torch.tensor([_epoch_days(t) for t in sample["times"]], dtype=torch.float64),  # (T,) days since 1970
         "lonlat": torch.tensor(sample["lonlat"], dtype=torch.float32),         # (2,)
+        **({"landcover": torch.tensor(sample["landcover"]["fractions"], dtype=torch.float32)}   # (K,)
+           if sample.get("landcover") else {}),
     }
 
 
 def collate(samples: list[dict]) -> dict:
     """Samples of one sensor and shape -> batch: image (B,T,C,H,W), valid (B,T,H,W),
-    wavelengths_nm (B,C), gsd_m (B,), times (B,T), lonlat (B,2), key (list), sensor (str)."""
-    out = {k: torch.stack([s[k] for s in samples]) for k in ("image", "valid", "wavelengths_nm", "gsd_m", "times", "lonlat")}
+    wavelengths_nm (B,C), gsd_m (B,), times (B,T), lonlat (B,2), optional landcover (B,K),
+    key (list), sensor (str)."""
+    keys = ["image", "valid", "wavelengths_nm", "gsd_m", "times", "lonlat"]
+    if all("landcover" in s for s in samples):
+        keys.append("landcover")                 # (B, K) class fractions, when shards carry them
+    out = {k: torch.stack([s[k] for s in samples]) for k in keys}
     out["key"] = [s["key"] for s in samples]
     out["sensor"] = samples[0]["sensor"]
     return out
@@ -63,6 +71,7 @@ class ShardStream(IterableDataset):
         self.url = dataset_url
         self.manifest = manifest_mod.read(dataset_url)
         self.urls = manifest_mod.shard_urls(dataset_url, self.manifest)
+        self.records = self.manifest["shards"]
         self.norm = normalization_table(self.manifest)
         self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
         self.shuffle_buffer, self.start_epoch = shuffle_buffer, start_epoch
@@ -71,6 +80,10 @@ class ShardStream(IterableDataset):
         epoch = self.start_epoch
         while True:
             for i in shards_for_worker(len(self.urls), self.rank, self.world, worker, workers, epoch, self.seed):
+                if self.records[i].get("format") == "zarr":
+                    for _key, sample in iter_zarr_shard(self.url, self.records[i]["path"]):
+                        yield to_tensors(sample, self.norm)
+                    continue
                 with fsspec.open(self.urls[i], "rb") as f:
                     for key, files in iter_tar_samples(f, self.urls[i]):
                         yield to_tensors(decode(files, key), self.norm)

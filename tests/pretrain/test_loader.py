@@ -52,3 +52,20 @@ def test_multiprocess_workers_spawn(dataset):
     batches = list(itertools.islice(iter(loader), 12))
     assert all(b["image"].shape == (4, 1, 12, 32, 32) for b in batches)
     assert np.isfinite(torch.stack([b["image"] for b in batches]).numpy()).all()
+
+
+def test_zarr_dataset_streams_the_same_samples(tmp_path):
+    import yaml
+    tars, zarr = tmp_path / "tar", tmp_path / "zarr"
+    for out, fmt in ((tars, "webdataset"), (zarr, "zarr")):
+        p = prep_recipe(tmp_path, [SSL4EO_S2A], out, size=32)
+        r = yaml.safe_load(p.read_text())
+        r["output"]["format"] = fmt
+        p.write_text(yaml.safe_dump(r))
+        assert prep(["run", str(p), "--quiet", "--workers", "1"]) == 0
+    def first(url):
+        s = ShardStream(str(url), batch_size=4, rank=0, world=1, seed=0, shuffle_buffer=1)
+        return {k: v for b in itertools.islice(iter(s), 8) for k, v in zip(b["key"], b["image"])}
+    a, b = first(tars), first(zarr)
+    common = set(a) & set(b)
+    assert len(a) == 32 and common and all(torch.equal(a[k], b[k]) for k in common)

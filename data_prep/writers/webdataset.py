@@ -19,6 +19,7 @@ import tempfile
 import fsspec
 
 from data_prep import sample as sample_mod
+from data_prep.writers.base import ShardLifecycle
 
 BLOCK = 512
 TMP_DIR = ".tmp"
@@ -43,7 +44,7 @@ def is_local(fs) -> bool:
     return protocol in ("file", "local")
 
 
-class ShardWriter:
+class ShardWriter(ShardLifecycle):
     FORMAT = "webdataset"
 
     def __init__(self, out_url: str, prefix: str, target_bytes: int, start_index: int = 0):
@@ -86,24 +87,11 @@ class ShardWriter:
         del self._keys[count:]
         self._digest = digest.copy()
 
-    def commit(self) -> list[dict]:
-        """End the product; returns the records of shards sealed by this call."""
-        if self._file is not None and self._file.tell() >= self.target:
-            return [self._seal()]
-        return []
+    def _is_open(self) -> bool:
+        return self._file is not None
 
-    def close(self) -> list[dict]:
-        """Seal the last shard (if it holds samples); returns the records sealed by this call."""
-        if self._file is None:
-            return []
-        if self._keys:
-            return [self._seal()]
-        self._discard()
-        return []
-
-    def abort(self) -> None:
-        if self._file is not None:
-            self._discard()
+    def _size(self) -> int:
+        return self._file.tell()
 
     # ---- internals -------------------------------------------------------------------
     def _discard(self) -> None:

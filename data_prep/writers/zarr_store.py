@@ -60,6 +60,7 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec
 
 from data_prep import sample as sample_mod
+from data_prep.writers.base import ShardLifecycle
 from data_prep.zarr_io import ARRAYS, ROOT_ATTRS, STORE, group_digest
 
 SHARD_BYTES = 16 * 2**20          # raw bytes aimed at per zarr shard
@@ -76,7 +77,7 @@ def shard_samples(sample_bytes: int, shard_bytes: int = SHARD_BYTES) -> int:
     return int(max(1, min(MAX_SHARD_SAMPLES, shard_bytes // max(1, sample_bytes))))
 
 
-class ZarrShardWriter:
+class ZarrShardWriter(ShardLifecycle):
     FORMAT = "zarr"
 
     def __init__(self, out_url: str, prefix: str, target_bytes: int, start_index: int = 0, *,
@@ -147,23 +148,8 @@ class ZarrShardWriter:
             self._disk = _tree_bytes(self._tmp)
         del self._keys[mark:]
 
-    def commit(self) -> list[dict]:
-        if self._open and self._keys and self._size() >= self.target:
-            return [self._seal()]
-        return []
-
-    def close(self) -> list[dict]:
-        """Seal the open group if it holds samples (else discard it); returns records sealed now."""
-        if not self._open:
-            return []
-        if self._keys:
-            return [self._seal()]
-        self._discard()
-        return []
-
-    def abort(self) -> None:
-        if self._open:
-            self._discard()
+    def _is_open(self) -> bool:
+        return self._open
 
     # ---- internals -------------------------------------------------------------------
     def _reset(self) -> None:

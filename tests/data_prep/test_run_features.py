@@ -107,3 +107,20 @@ def test_webdataset_and_zarr_decode_to_identical_samples(tmp_path, workers):
     ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (tars, zarr))
     assert ma["sensors"] == mb["sensors"]                       # identical statistics
     assert main(["verify", str(zarr), "--quiet"]) == 0
+
+
+def test_engine_writes_to_an_fsspec_url(tmp_path):
+    import fsspec
+    from data_prep.config import PrepConfig
+    from data_prep.recipe import load_recipe
+    from data_prep.run import run
+    from data_prep.verify import verify
+    for fmt in ("webdataset", "zarr"):
+        url = f"memory://eofm-engine-{fmt}/ds"
+        cfg = load_recipe(PrepConfig, prep_recipe(tmp_path, [SSL4EO_S2A], tmp_path / "unused", size=64),
+                          [f"output.path={url}", f"output.format={fmt}"])
+        m = run(cfg, progress=False, workers=1)
+        assert m["samples"] == 32
+        fs = fsspec.filesystem("memory")
+        assert fs.exists(f"/eofm-engine-{fmt}/ds/manifest.json") and not fs.exists(f"/eofm-engine-{fmt}/ds/.tmp")
+        assert verify(url, progress=False) == []

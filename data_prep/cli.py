@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="this machine's part (0-based) of a run split over several machines; default from "
                         "SLURM_ARRAY_TASK_ID/COUNT, EOFM_PART/EOFM_PARTS or RANK/WORLD_SIZE, else 0")
     r.add_argument("--parts", type=int, default=None, help="number of parts the run is split into (default 1)")
+    r.add_argument("--dask", metavar="SCHEDULER", default=None,
+                   help="run the workers on a Dask cluster (scheduler address, e.g. tcp://host:8786); its workers "
+                        "must reach the sources and output.path. Needs eofm[dask]")
     m = sub.add_parser("merge", help="write manifest.json once every part of a split run is done",
                        description="Read plan.json and the ledger of a dataset folder and write manifest.json "
                                    "(the last part of a split run does this by itself).")
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             from data_prep.run import run
             cfg = load_recipe(PrepConfig, args.config, args.overrides)
             part, parts = (args.part, args.parts) if args.parts else (part_from_env() or (0, 1))
-            m = run(cfg, progress=not args.quiet, workers=args.workers, part=part or 0, parts=parts)
+            m = run(cfg, progress=not args.quiet, workers=args.workers, part=part or 0, parts=parts,
+                    scheduler=args.dask)
             if m is None:
                 print(f"dataset: {cfg.output.path}  part {part}/{parts} done; other parts still running")
                 return 0

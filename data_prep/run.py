@@ -173,8 +173,34 @@ def _run_workers(jobs: list[dict], total: int, progress: bool) -> None:
         bar.close()
 
 
-def run(cfg: PrepConfig, progress: bool = True, workers: int = 0, part: int = 0, parts: int = 1) -> dict | None:
-    """Prepare (or resume) part `part` of `parts` with `workers` local processes (0 = all cores).
+def _run_dask(jobs: list[dict], total: int, progress: bool, address: str | None) -> None:
+    """The same jobs on a Dask cluster (its workers must reach the output URL). Progress per job."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise PrepError("the dask backend needs `pip install eofm[dask]` (dask.distributed)") from None
+    bar = tqdm(total=total, desc="prep (dask)", unit="product", disable=not progress)
+    start, chips = time.time(), 0
+    with Client(address) as client:
+        futures = {client.submit(run_worker, job, pure=False): len(job["units"]) for job in jobs}
+        for fut in as_completed(futures):
+            chips += fut.result()["chips"]           # re-raises a worker's error here
+            bar.update(futures[fut])
+            bar.set_postfix(chips=chips, chips_per_s=f"{chips / max(time.time() - start, 1e-6):.1f}")
+    bar.close()
+
+
+def dask_workers(address: str | None) -> int:
+    from distributed import Client
+
+    with Client(address) as client:
+        return max(1, sum(client.nthreads().values()))
+
+
+def run(cfg: PrepConfig, progress: bool = True, workers: int = 0, part: int = 0, parts: int = 1,
+        scheduler: str | None = None) -> dict | None:
+    """Prepare (or resume) part `part` of `parts` with `workers` local processes (0 = all cores),
+    or on the Dask cluster at `scheduler` (its worker threads then set the job count).
     Returns the manifest when the dataset is complete, else None (other parts still to run)."""
     recipe = to_dict(cfg)
     state = check_output(cfg, recipe)
@@ -197,10 +223,13 @@ def run(cfg: PrepConfig, progress: bool = True, workers: int = 0, part: int = 0,
     todo = [u for u in part_of(plan["units"], part, parts) if u["id"] not in done]
     if done and todo:
         log.info("resuming: %d unit(s) already done, %d to go in part %d/%d", len(done), len(todo), part, parts)
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    available = workers or (dask_workers(scheduler) if scheduler else os.cpu_count()) or 1
+    n_workers = max(1, min(available, len(todo) or 1))
     jobs = [{"recipe": recipe, "out": cfg.output.path, "part": part, "worker": w, "units": units}
             for w, units in enumerate(deal(todo, n_workers))]
-    if jobs:
+    if jobs and scheduler:
+        _run_dask(jobs, len(todo), progress, scheduler)
+    elif jobs:
         _run_workers(jobs, len(todo), progress)
     return merge(cfg.output.path, require_complete=parts == 1)
 

@@ -106,3 +106,14 @@ def test_plan_functions_are_pure_and_cover_everything():
 ])
 def test_part_from_env(env, expected):
     assert part_from_env(env) == expected
+
+
+def test_dask_backend_equals_the_local_run(tmp_path, reference):
+    distributed = pytest.importorskip("distributed")
+    out = tmp_path / "ds"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        r = _cli("run", str(prep_recipe(tmp_path, SOURCES, out, size=32, target_shard_mb=0.5)), "--quiet",
+                 "--dask", c.scheduler_address)
+    assert r.returncode == 0, r.stderr
+    assert _samples(out) == reference
+    assert len({p.name.split("-w")[1][:2] for p in (out / "shards").iterdir()}) == 2   # two job streams

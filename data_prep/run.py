@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import time
+from queue import Empty
 
 import fsspec
 from tqdm import tqdm
@@ -166,8 +167,8 @@ def _run_workers(jobs: list[dict], total: int, progress: bool) -> None:
                 while not result.ready() or not queue.empty():
                     try:
                         tick(*queue.get(timeout=0.2))
-                    except Exception:           # queue.Empty (manager proxies raise it wrapped)
-                        pass
+                    except Empty:               # nothing reported in this interval
+                        continue
                 result.get()                    # re-raise a worker's error here
     finally:
         bar.close()

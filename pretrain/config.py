@@ -80,6 +80,7 @@ class TrainSpec:
     resume: bool = True               # continue from out/checkpoints/latest when present
     seed: int = 0                     # model init, masking and data order (each rank offsets it)
     progress: bool = True             # progress bar on rank 0
+    log_batch_keys: bool = False      # rank 0 appends each step's sample keys to batch_keys.jsonl (audits)
 
 
 @dataclass

@@ -72,27 +72,41 @@ def train(cfg: PretrainConfig) -> dict:
     engine, _ = build_engine(model, cfg.engine, cfg.optim, cfg.data.batch_size, cfg.train.steps)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.engine.precision, torch.float32)
 
-    step, samples_seen, generation = 0, 0, 0
+    step, samples_seen, generation, skip = 0, 0, 0, 0
+    data_state = {"path": cfg.data.path, "batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
+                  "shuffle_buffer": cfg.data.shuffle_buffer, "world": world, "seed": cfg.train.seed,
+                  "grad_accum": cfg.engine.grad_accum}
     client = checkpoint.load(engine, ckpt_dir, rank) if cfg.train.resume else None
     if client is not None:
         step, samples_seen = client["step"], client["samples_seen"]
-        generation = client.get("data_generation", 0) + 1
+        generation = client.get("data_generation", 0)
+        if client.get("data") == data_state:
+            skip = step * cfg.engine.grad_accum     # exact resume: the batches the run would have seen
+        else:
+            # the stream cannot be replayed (other world size, workers, batch...): a fresh
+            # seeded stream, so the restarted run does not repeat the batches it already saw
+            generation += 1
+            if rank == 0:
+                log.warning("data settings changed since the checkpoint (%s -> %s): the data stream is not "
+                            "resumed exactly, a new seeded stream starts", client.get("data"), data_state)
         if rank == 0:
-            log.info("resumed from %s at step %d", checkpoint.latest_tag(ckpt_dir), step)
+            log.info("resumed from %s at step %d (%s)", checkpoint.latest_tag(ckpt_dir), step,
+                     "exact data position" if skip else "new data stream")
 
-    # Each resume starts a new data "generation" so a restarted run does not replay the same
-    # stream; an exactly-resumed stream (same batches as without the restart) comes later.
     loader = make_loader(cfg.data.path, cfg.data.batch_size, rank, world,
                          seed=cfg.train.seed + 1_000_003 * generation, num_workers=cfg.data.num_workers,
-                         shuffle_buffer=cfg.data.shuffle_buffer, start_method=cfg.data.start_method)
+                         shuffle_buffer=cfg.data.shuffle_buffer, start_method=cfg.data.start_method,
+                         skip_batches=skip)
     state = {
         "config": to_dict(cfg),
         "arch_args": engine.module.backbone.arch_args,
         "normalization": normalization_table(manifest),
         "manifest_sha256": _dataset_digest(cfg.data.path),
         "data_generation": generation,
+        "data": data_state,
     }
     metrics_file = out / "metrics.jsonl"
+    keys_file = out / "batch_keys.jsonl" if cfg.train.log_batch_keys and rank == 0 else None
     bar = tqdm(total=cfg.train.steps, initial=step, desc="pretrain", unit="step",
                disable=rank != 0 or not cfg.train.progress)
     it = iter(loader)
@@ -104,6 +118,9 @@ def train(cfg: PretrainConfig) -> dict:
             t_wait = time.perf_counter()
             batch = next(it)
             window["wait"] += time.perf_counter() - t_wait
+            if keys_file is not None:
+                with open(keys_file, "a") as f:
+                    f.write(json.dumps({"step": step + 1, "keys": batch["key"]}) + "\n")
             batch = to_device(batch, info.device, dtype)
             outputs = engine(batch)
             loss = outputs["loss"]

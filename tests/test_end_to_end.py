@@ -30,7 +30,8 @@ def test_prep_pretrain_resume_export_finetune(tmp_path):
     run = tmp_path / "pretrain"
     common = ["configs/pretrain/quickstart.yaml", f"data.path={data}", f"train.out={run}", "data.batch_size=8",
               "data.num_workers=1", "engine.zero_stage=2", "train.log_every=1", "train.checkpoint_every=3",
-              "train.progress=false", "model.depth=2", "objective.decoder_depth=1", "optim.warmup_steps=2"]
+              "train.progress=false", "model.depth=2", "objective.decoder_depth=1", "optim.warmup_steps=2",
+              "train.log_batch_keys=true"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
                 "-m", "pretrain"]
     _run(torchrun + common + ["train.steps=6"])
@@ -48,6 +49,13 @@ def test_prep_pretrain_resume_export_finetune(tmp_path):
     assert [m["step"] for m in resumed] == [7, 8, 9]
     assert resumed[0]["samples_seen"] == 7 * 16
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in resumed)
+
+    # exact data resume: the restarted run saw exactly the batches of an uninterrupted 9-step run
+    straight = tmp_path / "straight"
+    _run(torchrun + [a.replace(f"train.out={run}", f"train.out={straight}") for a in common] + ["train.steps=9"])
+    keys = lambda r: [json.loads(line) for line in (r / "batch_keys.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [k["step"] for k in keys(run)] == list(range(1, 10))
+    assert keys(run) == keys(straight)
 
     export = tmp_path / "export"
     _run([sys.executable, "-m", "pretrain.export", str(run), str(export)])

@@ -63,53 +63,97 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+class Item:
+    """One sample waiting in a shuffle buffer: its batching group and its still-encoded payload."""
+
+    __slots__ = ("key", "group", "files", "sample")
+
+    def __init__(self, key: str, group: tuple, files: dict | None = None, sample: dict | None = None):
+        self.key, self.group, self.files, self.sample = key, group, files, sample
+
+
+def _tar_group(files: dict) -> tuple:
+    """(sensor, image shape) from the JSON and the .npy header, without decoding pixels."""
+    import io
+    import json
+
+    head = io.BytesIO(files["image.npy"])
+    version = np.lib.format.read_magic(head)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape = read_header(head)[0]
+    return json.loads(files["json"])["sensor"], tuple(shape)
+
+
+def batches_before(consumed: int, worker: int, workers: int) -> int:
+    """How many of a rank's first `consumed` batches came from `worker`: the DataLoader takes
+    batches from its workers round-robin (worker w gives batches w, w+W, w+2W, ...)."""
+    return len(range(worker, consumed, workers))
+
+
 class ShardStream(IterableDataset):
-    """Endless stream of batches for one rank (its workers split its shards further)."""
+    """Endless stream of batches for one rank (its workers split its shards further).
+
+    The stream is a pure function of (seed, rank, world, workers, dataset): exact resume skips
+    the batches already consumed (`skip_batches`, counted for the whole rank), replaying the
+    shard order and the seeded shuffle without decoding the skipped samples.
+    """
 
     def __init__(self, dataset_url: str, batch_size: int, rank: int, world: int, seed: int,
-                 shuffle_buffer: int = 256, start_epoch: int = 0):
+                 shuffle_buffer: int = 256, start_epoch: int = 0, skip_batches: int = 0):
         self.url = dataset_url
         self.manifest = manifest_mod.read(dataset_url)
         self.urls = manifest_mod.shard_urls(dataset_url, self.manifest)
         self.records = self.manifest["shards"]
         self.norm = normalization_table(self.manifest)
         self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
-        self.shuffle_buffer, self.start_epoch = shuffle_buffer, start_epoch
+        self.shuffle_buffer, self.start_epoch, self.skip_batches = shuffle_buffer, start_epoch, skip_batches
 
-    def _samples(self, worker: int, workers: int) -> Iterator[dict]:
+    def _items(self, worker: int, workers: int) -> Iterator[Item]:
         epoch = self.start_epoch
         while True:
             for i in shards_for_worker(len(self.urls), self.rank, self.world, worker, workers, epoch, self.seed):
                 if self.records[i].get("format") == "zarr":
-                    for _key, sample in iter_zarr_shard(self.url, self.records[i]["path"]):
-                        yield to_tensors(sample, self.norm)
+                    for key, sample in iter_zarr_shard(self.url, self.records[i]["path"]):
+                        yield Item(key, (sample["sensor"], sample["image"].shape), sample=sample)
                     continue
                 with fsspec.open(self.urls[i], "rb") as f:
                     for key, files in iter_tar_samples(f, self.urls[i]):
-                        yield to_tensors(decode(files, key), self.norm)
+                        yield Item(key, _tar_group(files), files=files)
             epoch += 1
+
+    def _tensors(self, item: Item) -> dict:
+        return to_tensors(item.sample if item.sample is not None else decode(item.files, item.key), self.norm)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader always starts its round-robin at worker 0, so after `skip_batches`
+        # batches worker i plays the role of worker (i + skip) % W: the next batch comes from
+        # whichever worker would have produced it in the uninterrupted run.
+        worker = (worker + self.skip_batches) % workers
+        skip = batches_before(self.skip_batches, worker, workers)
         rng = random.Random(f"{self.seed}-{self.rank}-{worker}-{self.start_epoch}")
-        buffer: list[dict] = []
-        groups: dict[tuple, list[dict]] = {}
-        for sample in self._samples(worker, workers):
-            buffer.append(sample)
+        buffer: list[Item] = []
+        groups: dict[tuple, list[Item]] = {}
+        for item in self._items(worker, workers):
+            buffer.append(item)
             if len(buffer) < self.shuffle_buffer:
                 continue
             pick = buffer.pop(rng.randrange(len(buffer)))
-            group = groups.setdefault((pick["sensor"], tuple(pick["image"].shape)), [])
+            group = groups.setdefault(pick.group, [])
             group.append(pick)
             if len(group) == self.batch_size:
-                yield collate(group)
+                if skip:
+                    skip -= 1                  # consumed before the restart: replayed, not decoded
+                else:
+                    yield collate([self._tensors(it) for it in group])
                 group.clear()
 
 
 def make_loader(dataset_url: str, batch_size: int, rank: int, world: int, seed: int, num_workers: int,
-                shuffle_buffer: int, start_method: str = "spawn", start_epoch: int = 0) -> DataLoader:
-    stream = ShardStream(dataset_url, batch_size, rank, world, seed, shuffle_buffer, start_epoch)
+                shuffle_buffer: int, start_method: str = "spawn", start_epoch: int = 0,
+                skip_batches: int = 0) -> DataLoader:
+    stream = ShardStream(dataset_url, batch_size, rank, world, seed, shuffle_buffer, start_epoch, skip_batches)
     kwargs = {}
     if num_workers > 0:
         kwargs = {"multiprocessing_context": start_method, "persistent_workers": True, "prefetch_factor": 4}

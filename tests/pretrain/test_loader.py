@@ -69,3 +69,22 @@ def test_zarr_dataset_streams_the_same_samples(tmp_path):
     a, b = first(tars), first(zarr)
     common = set(a) & set(b)
     assert len(a) == 32 and common and all(torch.equal(a[k], b[k]) for k in common)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skipping_consumed_batches_continues_the_same_stream(dataset, workers):
+    """Exact resume: a loader told that 5 batches were consumed yields batch 5 onwards of the
+    uninterrupted stream (with 2 spawned workers the DataLoader interleaves them round-robin)."""
+    def keys(skip, n):
+        loader = make_loader(dataset, batch_size=4, rank=0, world=1, seed=7, num_workers=workers, shuffle_buffer=6,
+                             skip_batches=skip)
+        return [tuple(b["key"]) for b in itertools.islice(iter(loader), n)]
+    full = keys(0, 12)
+    assert keys(5, 7) == full[5:]
+    assert len(set(full)) > 1
+
+
+def test_batches_before():
+    from pretrain.data.webdataset import batches_before
+    assert [batches_before(7, w, 3) for w in range(3)] == [3, 2, 2]
+    assert sum(batches_before(10, w, 4) for w in range(4)) == 10 and batches_before(0, 0, 2) == 0

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from data_prep.recipe import build
+from pretrain.data.augment import AugmentSpec
 
 
 @dataclass
@@ -14,6 +15,7 @@ class DataSpec:
     num_workers: int = 2              # loader processes per rank (0 = in the main process)
     shuffle_buffer: int = 256         # samples held per worker for shuffling
     start_method: Literal["spawn", "forkserver", "fork"] = "spawn"   # fsspec is not fork-safe
+    augment: AugmentSpec = field(default_factory=AugmentSpec)         # applied per sample in the workers
 
     def __post_init__(self):
         if self.batch_size <= 0 or self.num_workers < 0 or self.shuffle_buffer < 1:

@@ -96,7 +96,7 @@ def train(cfg: PretrainConfig) -> dict:
     loader = make_loader(cfg.data.path, cfg.data.batch_size, rank, world,
                          seed=cfg.train.seed + 1_000_003 * generation, num_workers=cfg.data.num_workers,
                          shuffle_buffer=cfg.data.shuffle_buffer, start_method=cfg.data.start_method,
-                         skip_batches=skip)
+                         skip_batches=skip, augment_spec=cfg.data.augment)
     state = {
         "config": to_dict(cfg),
         "arch_args": engine.module.backbone.arch_args,

@@ -22,6 +22,7 @@ from data_prep import manifest as manifest_mod
 from data_prep.sample import decode, physical
 from data_prep.tario import iter_tar_samples
 from data_prep.zarr_io import iter_zarr_shard
+from pretrain.data.augment import AugmentSpec, augment, sample_generator
 from pretrain.data.normalize import normalization_table, normalize
 from pretrain.data.partition import shards_for_worker
 
@@ -66,10 +67,10 @@ def collate(samples: list[dict]) -> dict:
 class Item:
     """One sample waiting in a shuffle buffer: its batching group and its still-encoded payload."""
 
-    __slots__ = ("key", "group", "files", "sample")
+    __slots__ = ("key", "group", "epoch", "files", "sample")
 
-    def __init__(self, key: str, group: tuple, files: dict | None = None, sample: dict | None = None):
-        self.key, self.group, self.files, self.sample = key, group, files, sample
+    def __init__(self, key: str, group: tuple, epoch: int, files: dict | None = None, sample: dict | None = None):
+        self.key, self.group, self.epoch, self.files, self.sample = key, group, epoch, files, sample
 
 
 def _tar_group(files: dict) -> tuple:
@@ -99,7 +100,8 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, dataset_url: str, batch_size: int, rank: int, world: int, seed: int,
-                 shuffle_buffer: int = 256, start_epoch: int = 0, skip_batches: int = 0):
+                 shuffle_buffer: int = 256, start_epoch: int = 0, skip_batches: int = 0,
+                 augment_spec: AugmentSpec | None = None):
         self.url = dataset_url
         self.manifest = manifest_mod.read(dataset_url)
         self.urls = manifest_mod.shard_urls(dataset_url, self.manifest)
@@ -107,6 +109,7 @@ class ShardStream(IterableDataset):
         self.norm = normalization_table(self.manifest)
         self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
         self.shuffle_buffer, self.start_epoch, self.skip_batches = shuffle_buffer, start_epoch, skip_batches
+        self.augment = augment_spec
 
     def _items(self, worker: int, workers: int) -> Iterator[Item]:
         epoch = self.start_epoch
@@ -114,15 +117,19 @@ class ShardStream(IterableDataset):
             for i in shards_for_worker(len(self.urls), self.rank, self.world, worker, workers, epoch, self.seed):
                 if self.records[i].get("format") == "zarr":
                     for key, sample in iter_zarr_shard(self.url, self.records[i]["path"]):
-                        yield Item(key, (sample["sensor"], sample["image"].shape), sample=sample)
+                        yield Item(key, (sample["sensor"], sample["image"].shape), epoch, sample=sample)
                     continue
                 with fsspec.open(self.urls[i], "rb") as f:
                     for key, files in iter_tar_samples(f, self.urls[i]):
-                        yield Item(key, _tar_group(files), files=files)
+                        yield Item(key, _tar_group(files), epoch, files=files)
             epoch += 1
 
     def _tensors(self, item: Item) -> dict:
-        return to_tensors(item.sample if item.sample is not None else decode(item.files, item.key), self.norm)
+        t = to_tensors(item.sample if item.sample is not None else decode(item.files, item.key), self.norm)
+        if self.augment is None or self.augment.is_identity:
+            return t
+        # a pure function of (seed, epoch, key): the same whatever the worker count or order
+        return augment(t, self.augment, sample_generator(self.seed, item.key, epoch=item.epoch))
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -152,8 +159,9 @@ class ShardStream(IterableDataset):
 
 def make_loader(dataset_url: str, batch_size: int, rank: int, world: int, seed: int, num_workers: int,
                 shuffle_buffer: int, start_method: str = "spawn", start_epoch: int = 0,
-                skip_batches: int = 0) -> DataLoader:
-    stream = ShardStream(dataset_url, batch_size, rank, world, seed, shuffle_buffer, start_epoch, skip_batches)
+                skip_batches: int = 0, augment_spec: AugmentSpec | None = None) -> DataLoader:
+    stream = ShardStream(dataset_url, batch_size, rank, world, seed, shuffle_buffer, start_epoch, skip_batches,
+                         augment_spec)
     kwargs = {}
     if num_workers > 0:
         kwargs = {"multiprocessing_context": start_method, "persistent_workers": True, "prefetch_factor": 4}

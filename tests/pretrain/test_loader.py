@@ -88,3 +88,16 @@ def test_batches_before():
     from pretrain.data.webdataset import batches_before
     assert [batches_before(7, w, 3) for w in range(3)] == [3, 2, 2]
     assert sum(batches_before(10, w, 4) for w in range(4)) == 10 and batches_before(0, 0, 2) == 0
+
+
+def test_augmented_stream_resumes_exactly(dataset):
+    from pretrain.data.augment import AugmentSpec
+    spec = AugmentSpec(crop_scale=[0.5, 1.0], out_size=32)
+    def images(skip, n):
+        loader = make_loader(dataset, batch_size=4, rank=0, world=1, seed=3, num_workers=0, shuffle_buffer=6,
+                             skip_batches=skip, augment_spec=spec)
+        return [b["image"] for b in itertools.islice(iter(loader), n)]
+    full, resumed = images(0, 6), images(2, 4)
+    assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed))
+    plain = make_loader(dataset, batch_size=4, rank=0, world=1, seed=3, num_workers=0, shuffle_buffer=6)
+    assert not torch.equal(next(iter(plain))["image"], full[0])     # the augmentation did something

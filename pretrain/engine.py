@@ -109,10 +109,14 @@ def build_engine(model: torch.nn.Module, engine: EngineSpec, optim: OptimSpec, m
 
 
 def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    """Move tensors to `device`; the image takes the engine's compute dtype (bf16/fp16 under
-    DeepSpeed). Metadata (wavelengths, gsd, times, lonlat) stays float32/64: bf16 would round
-    664.6 nm to 664 nm and a GSD of 10 m to the nearest 1/16."""
+    """Move tensors to `device` and normalise batches shipped as stored integers there; the image
+    takes the engine's compute dtype (bf16/fp16 under DeepSpeed). Metadata (wavelengths, gsd,
+    times, lonlat) stays float32/64: bf16 would round 664.6 nm to 664 nm and a GSD of 10 m to the
+    nearest 1/16."""
+    from pretrain.data.webdataset import normalize_batch
+
     out = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    out = normalize_batch(out)
     if "image" in out:
         out["image"] = out["image"].to(dtype)
     return out

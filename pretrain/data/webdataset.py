@@ -31,16 +31,20 @@ def _epoch_days(iso: str) -> float:
     return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").timestamp() / 86400.0
 
 
-def to_tensors(sample: dict, norm: dict) -> dict:
-    """Decoded sample -> model-ready tensors (one sample, no batch dim)."""
+def to_tensors(sample: dict, norm: dict, stored: bool = False) -> dict:
+    """Decoded sample -> tensors (one sample, no batch dim).
+
+    stored=False: `image` (T,C,H,W) float32 normalised, invalid pixels 0.
+    stored=True: `stored` (T,C,H,W) the stored integers (2 bytes per value for S2/EnMAP) and
+    `affine` (2,C) float32 = (scale/std, (offset-mean)/std), so that normalised = stored * a + b;
+    `normalize_batch` applies it later, on the accelerator, instead of in the loader worker.
+    """
     stats = norm[sample["sensor"]]
     if list(sample["bands"]) != stats["bands"]:
         raise ValueError(f"sample {sample['key']}: bands {sample['bands']} differ from the manifest's {stats['bands']}")
-    x = normalize(physical(sample), sample["valid"], stats["mean"], stats["std"])
-    return {
+    out = {
         "key": sample["key"],
         "sensor": sample["sensor"],
-        "image": torch.from_numpy(x),                                          # (T, C, H, W)
         "valid": torch.from_numpy(np.ascontiguousarray(sample["valid"])),      # (T, H, W)
         "wavelengths_nm": torch.tensor(sample["wavelengths_nm"], dtype=torch.float32),  # (C,)
         "gsd_m": torch.tensor(float(sample["gsd_m"])),
@@ -49,13 +53,36 @@ def to_tensors(sample: dict, norm: dict) -> dict:
         **({"landcover": torch.tensor(sample["landcover"]["fractions"], dtype=torch.float32)}   # (K,)
            if sample.get("landcover") else {}),
     }
+    if stored:
+        mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
+        scale, offset = np.asarray(sample["scale"], np.float64), np.asarray(sample["offset"], np.float64)
+        out["stored"] = torch.from_numpy(np.ascontiguousarray(sample["image"]))
+        out["affine"] = torch.tensor(np.stack([scale / std, (offset - mean) / std]), dtype=torch.float32)
+    else:
+        out["image"] = torch.from_numpy(normalize(physical(sample), sample["valid"], stats["mean"], stats["std"]))
+    return out
+
+
+def normalize_batch(batch: dict, dtype: torch.dtype = torch.float32) -> dict:
+    """Batches shipped as stored integers -> `image` (B,T,C,H,W) normalised (invalid pixels 0),
+    computed where the tensors are (the accelerator, in training). Other batches pass through."""
+    if "stored" not in batch:
+        return batch
+    out = dict(batch)
+    stored, affine = out.pop("stored"), out.pop("affine")                   # (B,T,C,H,W), (B,2,C)
+    a = affine[:, 0, None, :, None, None]
+    b = affine[:, 1, None, :, None, None]
+    image = stored.to(torch.float32) * a + b
+    out["image"] = torch.where(out["valid"][:, :, None], image, torch.zeros((), device=image.device)).to(dtype)
+    return out
 
 
 def collate(samples: list[dict]) -> dict:
-    """Samples of one sensor and shape -> batch: image (B,T,C,H,W), valid (B,T,H,W),
-    wavelengths_nm (B,C), gsd_m (B,), times (B,T), lonlat (B,2), optional landcover (B,K),
-    key (list), sensor (str)."""
-    keys = ["image", "valid", "wavelengths_nm", "gsd_m", "times", "lonlat"]
+    """Samples of one sensor and shape -> batch: image (B,T,C,H,W) (or stored (B,T,C,H,W) +
+    affine (B,2,C), see `normalize_batch`), valid (B,T,H,W), wavelengths_nm (B,C), gsd_m (B,),
+    times (B,T), lonlat (B,2), optional landcover (B,K), key (list), sensor (str)."""
+    keys = ["valid", "wavelengths_nm", "gsd_m", "times", "lonlat"]
+    keys += ["stored", "affine"] if "stored" in samples[0] else ["image"]
     if all("landcover" in s for s in samples):
         keys.append("landcover")                 # (B, K) class fractions, when shards carry them
     out = {k: torch.stack([s[k] for s in samples]) for k in keys}
@@ -125,9 +152,19 @@ class ShardStream(IterableDataset):
             epoch += 1
 
     def _tensors(self, item: Item) -> dict:
-        t = to_tensors(item.sample if item.sample is not None else decode(item.files, item.key), self.norm)
-        if self.augment is None or self.augment.is_identity:
+        # Integers leave the worker unless an augmentation needs floats (resample, noise): half
+        # the bytes to copy, and the normalisation runs on the accelerator (normalize_batch).
+        spec = self.augment
+        as_stored = spec is None or (not spec.crop and not spec.out_size and not spec.noise_std)
+        sample = item.sample if item.sample is not None else decode(item.files, item.key)
+        t = to_tensors(sample, self.norm, stored=as_stored)
+        if spec is None or spec.is_identity:
             return t
+        if as_stored:                  # flips/rotations only: the same draws, on the integers
+            flipped = augment({**t, "image": t.pop("stored")}, spec,
+                              sample_generator(self.seed, item.key, epoch=item.epoch))
+            flipped["stored"] = flipped.pop("image")
+            return flipped
         # a pure function of (seed, epoch, key): the same whatever the worker count or order
         return augment(t, self.augment, sample_generator(self.seed, item.key, epoch=item.epoch))
 

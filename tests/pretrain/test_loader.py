@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data_prep.cli import main as prep
-from pretrain.data.webdataset import ShardStream, make_loader
+from pretrain.data.webdataset import ShardStream, make_loader, normalize_batch
 from tests.conftest import SSL4EO_S2A, prep_recipe
 
 
@@ -20,7 +20,11 @@ def dataset(tmp_path_factory):
 
 
 def test_batch_contract(dataset):
-    b = next(iter(ShardStream(dataset, batch_size=8, rank=0, world=1, seed=0, shuffle_buffer=4)))
+    raw = next(iter(ShardStream(dataset, batch_size=8, rank=0, world=1, seed=0, shuffle_buffer=4)))
+    # workers ship stored integers + a per-sample affine; the image is formed on the device
+    assert raw["stored"].dtype == torch.uint16 and raw["stored"].shape == (8, 1, 12, 32, 32)
+    assert raw["affine"].shape == (8, 2, 12) and "image" not in raw
+    b = normalize_batch(raw)
     assert b["image"].shape == (8, 1, 12, 32, 32) and b["image"].dtype == torch.float32
     assert b["valid"].shape == (8, 1, 32, 32) and b["valid"].dtype == torch.bool
     assert b["wavelengths_nm"].shape == (8, 12) and b["gsd_m"].shape == (8,)
@@ -49,7 +53,7 @@ def test_stream_is_seeded(dataset):
 def test_multiprocess_workers_spawn(dataset):
     loader = make_loader(dataset, batch_size=4, rank=0, world=1, seed=0, num_workers=2, shuffle_buffer=4,
                          start_method="spawn")
-    batches = list(itertools.islice(iter(loader), 12))
+    batches = [normalize_batch(b) for b in itertools.islice(iter(loader), 12)]
     assert all(b["image"].shape == (4, 1, 12, 32, 32) for b in batches)
     assert np.isfinite(torch.stack([b["image"] for b in batches]).numpy()).all()
 
@@ -65,7 +69,7 @@ def test_zarr_dataset_streams_the_same_samples(tmp_path):
         assert prep(["run", str(p), "--quiet", "--workers", "1"]) == 0
     def first(url):
         s = ShardStream(str(url), batch_size=4, rank=0, world=1, seed=0, shuffle_buffer=1)
-        return {k: v for b in itertools.islice(iter(s), 8) for k, v in zip(b["key"], b["image"])}
+        return {k: v for b in itertools.islice(iter(s), 8) for k, v in zip(b["key"], normalize_batch(b)["image"])}
     a, b = first(tars), first(zarr)
     common = set(a) & set(b)
     assert len(a) == 32 and common and all(torch.equal(a[k], b[k]) for k in common)
@@ -100,4 +104,21 @@ def test_augmented_stream_resumes_exactly(dataset):
     full, resumed = images(0, 6), images(2, 4)
     assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed))
     plain = make_loader(dataset, batch_size=4, rank=0, world=1, seed=3, num_workers=0, shuffle_buffer=6)
-    assert not torch.equal(next(iter(plain))["image"], full[0])     # the augmentation did something
+    assert not torch.equal(normalize_batch(next(iter(plain)))["image"], full[0])   # the augmentation did something
+
+
+def test_stored_batches_normalise_like_the_float_path(dataset):
+    """Shipping integers and normalising later gives the same tensors as normalising in the worker."""
+    from data_prep.manifest import read
+    from data_prep.sample import decode
+    from data_prep.tario import iter_tar_samples
+    from pretrain.data.normalize import normalization_table
+    from pretrain.data.webdataset import collate, to_tensors
+    norm = normalization_table(read(dataset))
+    rec = read(dataset)["shards"][0]
+    with open(f"{dataset}/{rec['path']}", "rb") as f:
+        samples = [decode(files, k) for k, files in itertools.islice(iter_tar_samples(f), 6)]
+    as_float = collate([to_tensors(s, norm) for s in samples])
+    as_int = normalize_batch(collate([to_tensors(s, norm, stored=True) for s in samples]))
+    assert torch.allclose(as_float["image"], as_int["image"], atol=1e-5)
+    assert torch.equal(as_float["valid"], as_int["valid"])

@@ -32,9 +32,14 @@ def test_prep_pretrain_resume_export_finetune(tmp_path):
               "data.num_workers=1", "engine.zero_stage=2", "train.log_every=1", "train.checkpoint_every=3",
               "train.progress=false", "model.depth=2", "objective.decoder_depth=1", "optim.warmup_steps=2",
               "train.log_batch_keys=true"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+    def torchrun():                      # a free port per launch: a fixed one collides with anything else
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                 "-m", "pretrain"]
-    _run(torchrun + common + ["train.steps=6"])
+    _run(torchrun() + common + ["train.steps=6"])
     first = _metrics(run)
     assert [m["step"] for m in first] == [1, 2, 3, 4, 5, 6]
     assert all(m["samples_seen"] == m["step"] * 8 * 2 for m in first)     # 2 ranks x batch 8
@@ -44,7 +49,7 @@ def test_prep_pretrain_resume_export_finetune(tmp_path):
     assert (run / "config.yaml").is_file() and (run / "training.png").is_file() and (run / "reconstructions.png").is_file()
 
     # resume: continue from step 6 to 9 (same total schedule length is not required)
-    _run(torchrun + common + ["train.steps=9"])
+    _run(torchrun() + common + ["train.steps=9"])
     resumed = _metrics(run)[len(first):]
     assert [m["step"] for m in resumed] == [7, 8, 9]
     assert resumed[0]["samples_seen"] == 7 * 16
@@ -52,7 +57,7 @@ def test_prep_pretrain_resume_export_finetune(tmp_path):
 
     # exact data resume: the restarted run saw exactly the batches of an uninterrupted 9-step run
     straight = tmp_path / "straight"
-    _run(torchrun + [a.replace(f"train.out={run}", f"train.out={straight}") for a in common] + ["train.steps=9"])
+    _run(torchrun() + [a.replace(f"train.out={run}", f"train.out={straight}") for a in common] + ["train.steps=9"])
     keys = lambda r: [json.loads(line) for line in (r / "batch_keys.jsonl").read_text().splitlines()]  # noqa: E731
     assert [k["step"] for k in keys(run)] == list(range(1, 10))
     assert keys(run) == keys(straight)

@@ -50,6 +50,14 @@ def _product_record(kind: str, path: str, scene) -> dict:
             "radiometry": scene.radiometry, "checksum": "sha256:" + manifest.sha256_files(scene.files)}
 
 
+def _attach_products(record: dict, unit: dict, products: list[dict]) -> None:
+    """A series unit lists its products; a single-product unit's record is its product's."""
+    if unit["kind"] == "series":
+        record["products"] = products
+    elif products:
+        record.update(products[0])
+
+
 def _samples(unit: dict, scenes: list, cfg: PrepConfig, spec):
     if unit["kind"] == "series":
         return cut_series(scenes, spec.size, spec.stride or spec.size, spec.min_valid_fraction,
@@ -116,19 +124,13 @@ def process_unit(unit: dict, cfg: PrepConfig, streams: dict, ledger: Ledger, out
             stream.writer.rollback()
         record.update(outcome="skipped", reason=str(err))
         log.warning("skipped %s: %s", record["path"], err)
-        if unit["kind"] == "series":
-            record["products"] = products
-        elif products:
-            record.update(products[0])
+        _attach_products(record, unit, products)
         ledger.record_unit(record)
         return record
     record.update(outcome="written", chips=written, dropped_low_valid=dropped)
     if landcover is not None:
         record["dropped_no_landcover"] = no_landcover
-    if unit["kind"] == "series":
-        record["products"] = products
-    else:
-        record.update(products[0])
+    _attach_products(record, unit, products)
     stream.units.append(record)
     stream.stats.merge(stats)
     stream.sealed(stream.writer.commit(), ledger)

@@ -27,6 +27,10 @@ class Ledger:
     def __init__(self, url: str):
         self.fs, self.root = fsspec.core.url_to_fs(url)
         self.dir = f"{self.root}/{DIR}"
+        # Entries are read once per Ledger and kept current with what this process records:
+        # merge and every new writer stream would otherwise re-read thousands of JSON files.
+        # Other processes' new entries are not seen; callers that need them make a new Ledger.
+        self._cache: tuple[list[dict], list[dict]] | None = None
 
     def _put(self, name: str, data: bytes) -> None:
         self.fs.makedirs(self.dir, exist_ok=True)
@@ -38,13 +42,23 @@ class Ledger:
     def record_shard(self, record: dict, units: list[dict], stats: DatasetStats) -> None:
         name = _name(record["path"])
         self._put(f"shard-{name}.npz", stats_to_bytes(stats))
-        self._put(f"shard-{name}.json", json.dumps({"shard": record, "units": units}).encode())
+        entry = {"shard": record, "units": units}
+        self._put(f"shard-{name}.json", json.dumps(entry).encode())
+        if self._cache is not None:
+            self._cache[0].append(json.loads(json.dumps(entry)))
 
     def record_unit(self, unit: dict) -> None:
         self._put(f"unit-{unit['id']}.json", json.dumps(unit).encode())
+        if self._cache is not None:
+            self._cache[1].append(json.loads(json.dumps(unit)))
 
     def entries(self) -> tuple[list[dict], list[dict]]:
-        """(shard entries, unit entries)."""
+        """(shard entries, unit entries), read from storage on first use."""
+        if self._cache is None:
+            self._cache = self._read_entries()
+        return self._cache
+
+    def _read_entries(self) -> tuple[list[dict], list[dict]]:
         if not self.fs.exists(self.dir):
             return [], []
         shards, units = [], []

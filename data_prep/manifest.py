@@ -80,7 +80,7 @@ def write(url: str, manifest: dict) -> str:
 
 
 class ManifestError(ValueError):
-    pass
+    """A dataset folder has no usable manifest.json; the message names the file."""
 
 
 def read(url: str) -> dict:

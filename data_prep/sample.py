@@ -19,7 +19,7 @@ REQUIRED_META = ("sensor", "bands", "wavelengths_nm", "gsd_m", "times", "lonlat"
 
 
 class SampleError(ValueError):
-    pass
+    """A sample does not follow the contract; the message names its key."""
 
 
 def _npy_parts(a: np.ndarray) -> list:

@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 
 
 class ExportError(ValueError):
-    pass
+    """A checkpoint cannot be exported, or a folder is not an eofm export."""
 
 
 def _locate(path: Path) -> tuple[Path, str]:

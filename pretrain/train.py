@@ -31,7 +31,7 @@ log = logging.getLogger("eofm.pretrain")
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss became NaN or infinite; the message names the last good checkpoint."""
 
 
 def build_model(cfg: PretrainConfig):

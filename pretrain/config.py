@@ -29,6 +29,8 @@ class ModelSpec:
     patch_size: int = 16              # pixels per patch side; chip sizes must be multiples
     depth: int = 0                    # 0 = the size's default depth
     drop_path_rate: float = 0.0       # stochastic depth, linearly increasing over blocks
+    time_loc: bool = False            # add date + location codes to tokens (Prithvi-EO-2.0 TL style)
+    meta_drop_rate: float = 0.0       # per-sample chance of dropping those codes while training
 
 
 @dataclass
@@ -38,14 +40,41 @@ class MAESpec:
     decoder_depth: int = 8            # decoder transformer blocks
     decoder_heads: int = 16
     norm_pix_loss: bool = True        # targets standardised per patch over its valid pixels
+    frames: Literal["independent", "joint"] = "independent"   # series: frames as separate samples, or one T*L sequence
 
     def __post_init__(self):
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
 
 
+@dataclass
+class SelectiveMAESpec:
+    mask_ratio: float = 0.85          # share of patches hidden from the encoder (0.85: 29 of 196 encoded)
+    recon_ratio: float = 0.25         # share of ALL patches reconstructed, drawn from the hidden ones (49 of 196, the paper's count)
+    decoder_dim: int = 512            # cross-attention decoder width
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True        # targets standardised per patch over its valid pixels
+    score: Literal["gradient", "uniform"] = "gradient"   # patch information score; uniform = the released code's behaviour
+    score_temperature: float = 1.0    # softmax temperature on the per-sample standardised scores
+    expansion: Literal["curriculum", "similar", "dissimilar", "random"] = "curriculum"   # how the seeds grow to the encoded set
+    curriculum: list[float] = field(default_factory=lambda: [0.35, 0.375, 0.725, 0.75])   # fractions of train.steps: similar | ->dissimilar | dissimilar | ->random | random
+    prune_ratio: float = 0.0          # InfoBatch-style loss-based sample pruning (0 = off)
+    prune_stop: float = 0.875         # fraction of training after which nothing is pruned
+    frames: Literal["independent", "joint"] = "independent"   # series: frames as separate samples, or one T*L sequence
+
+    def __post_init__(self):
+        if not 0.0 < self.recon_ratio <= self.mask_ratio < 1.0:
+            raise ValueError(f"need 0 < recon_ratio <= mask_ratio < 1, got {self.recon_ratio}, {self.mask_ratio}")
+        c = self.curriculum
+        if len(c) != 4 or list(c) != sorted(c) or c[0] < 0 or c[-1] > 1:
+            raise ValueError(f"curriculum must be 4 increasing fractions in [0, 1], got {c}")
+        if not 0.0 <= self.prune_ratio < 1.0 or not 0.0 <= self.prune_stop <= 1.0 or self.score_temperature <= 0:
+            raise ValueError("prune_ratio in [0, 1), prune_stop in [0, 1] and score_temperature > 0 required")
+
+
 # objective name -> its typed settings; the `objective` section is {name: ..., **settings}
-OBJECTIVE_SPECS = {"mae": MAESpec}
+OBJECTIVE_SPECS = {"mae": MAESpec, "selective_mae": SelectiveMAESpec}
 
 
 @dataclass

@@ -35,7 +35,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 def build_model(cfg: PretrainConfig):
-    overrides = {"patch_size": cfg.model.patch_size, "drop_path_rate": cfg.model.drop_path_rate}
+    overrides = {"patch_size": cfg.model.patch_size, "drop_path_rate": cfg.model.drop_path_rate,
+                 "time_loc": cfg.model.time_loc, "meta_drop_rate": cfg.model.meta_drop_rate}
     if cfg.model.depth:
         overrides["depth"] = cfg.model.depth
     backbone = build_backbone(cfg.model.arch, cfg.model.size, **overrides)
@@ -114,6 +115,8 @@ def train(cfg: PretrainConfig) -> dict:
     record: dict = {}
     engine.train()
     while step < cfg.train.steps:
+        if hasattr(engine.module, "set_progress"):   # optional objective hook (curricula, schedules)
+            engine.module.set_progress(step, cfg.train.steps)
         for _ in range(cfg.engine.grad_accum):
             t_wait = time.perf_counter()
             batch = next(it)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from pretrain.objectives.mae import MAE
+from pretrain.objectives.selective_mae import SelectiveMAE
 
-__all__ = ["OBJECTIVES", "build_objective", "MAE"]
+__all__ = ["OBJECTIVES", "build_objective", "MAE", "SelectiveMAE"]
 
-OBJECTIVES = {"mae": MAE}
+OBJECTIVES = {"mae": MAE, "selective_mae": SelectiveMAE}
 
 
 def build_objective(name: str, backbone: nn.Module, **cfg) -> nn.Module:

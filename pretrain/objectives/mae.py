@@ -1,8 +1,13 @@
-"""Masked autoencoder objective for the band-agnostic ViT, with nodata/cloud-aware loss.
+"""Masked autoencoder objective (He et al. 2022) for the band-agnostic ViT, with nodata/cloud-aware
+loss.
 
-Frames of a time series are treated independently (T is folded into the batch). The decoder's
-output head generates its per-band weights from wavelengths (SpectralLinear), so one decoder
-reconstructs any band set.
+Per sample a random subset of tokens is kept (torch RNG, saved per rank in checkpoints); the
+encoder sees only those; a light self-attention decoder gets mask tokens at the removed
+positions; the loss is MSE against per-patch normalised pixels (norm_pix) on removed patches
+and valid pixels only. Frames of a series are independent samples by default (``frames:
+joint`` embeds the T frames as one token sequence instead). The decoder's output head
+generates its per-band weights from wavelengths (SpectralLinear), so one decoder reconstructs
+any band set.
 """
 
 from __future__ import annotations
@@ -13,27 +18,14 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from pretrain.models.patch_embed import SpectralLinear, band_set
-from pretrain.models.pos_embed import sincos_2d
+from pretrain.models.patch_embed import SpectralLinear
 from pretrain.models.vit import init_weights
+from pretrain.objectives._mim import (FRAMES, masked_patch_stats, norm_pix_targets, patch_loss, patchify,
+                                      prepare, unpatchify)
 
 __all__ = ["MAE", "patchify", "unpatchify", "random_masking"]
 
-EPS = 1e-6
-
-
-def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, L, C, p*p), patches row-major (same order as the conv patch embed)."""
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
-    return x.reshape(b, (h // p) * (w // p), c, p * p)
-
-
-def unpatchify(patches: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
-    """(B, L, C, p*p) -> (B, C, H, W) with H = h*p, W = w*p (h, w = patch grid)."""
-    b, _, c, _ = patches.shape
-    x = patches.reshape(b, h, w, c, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, h, p, w, p)
-    return x.reshape(b, c, h * p, w * p)
+_masked_patch_stats = masked_patch_stats  # old name, kept for callers
 
 
 def random_masking(tokens: torch.Tensor, mask_ratio: float):
@@ -53,25 +45,13 @@ def random_masking(tokens: torch.Tensor, mask_ratio: float):
     return visible, mask.gather(1, ids_restore), ids_restore
 
 
-def _masked_patch_stats(target: torch.Tensor, valid: torch.Tensor):
-    """Mean / std of each patch over its valid pixels across all bands.
-
-    target (B, L, C, P) with invalid pixels already zeroed; valid (B, L, P) bool.
-    Returns mean, std each (B, L, 1, 1); patches without valid pixels get mean 0, std ~1e-3.
-    """
-    m = valid[:, :, None, :].to(target.dtype)  # (B, L, 1, P) broadcast over bands
-    n = (m.sum((2, 3), keepdim=True) * target.shape[2]).clamp_min(1)  # valid values = C * pixels
-    mean = (target * m).sum((2, 3), keepdim=True) / n
-    var = (((target - mean) * m) ** 2).sum((2, 3), keepdim=True) / n
-    return mean, (var + EPS).sqrt()
-
-
 class MAE(nn.Module):
     """MAE objective owning its decoder.
 
     forward(batch) -> {"loss", "mask_ratio_effective", "valid_fraction"}; batch keys:
     image (B, T, C, H, W) float (normalised per band), valid (B, T, H, W) bool,
-    wavelengths_nm (B, C), gsd_m (B,). Other keys are ignored.
+    wavelengths_nm (B, C), gsd_m (B,), optional times (B, T), lonlat (B, 2) (used by a backbone
+    built with time_loc). Other keys are ignored.
     """
 
     def __init__(
@@ -82,12 +62,15 @@ class MAE(nn.Module):
         decoder_depth: int = 8,
         decoder_heads: int = 16,
         norm_pix_loss: bool = True,
+        frames: str = "independent",
     ):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if frames not in FRAMES:
+            raise ValueError(f"frames must be one of {FRAMES}, got {frames!r}")
         self.backbone = backbone
-        self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.mask_ratio, self.norm_pix_loss, self.frames = mask_ratio, norm_pix_loss, frames
         self.decoder_dim = decoder_dim
         p = backbone.patch_size
 
@@ -108,79 +91,59 @@ class MAE(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     # ---- internals -------------------------------------------------------------------------
-    def _flatten(self, batch: dict):
-        """Fold T into the batch. Returns image (B', C, H, W) with invalid pixels zeroed,
-        valid (B', H, W) bool, wavelengths (C,), gsd (B',) where B' = B*T."""
-        image, valid = batch["image"], batch["valid"].bool()
-        b, t, c, h, w = image.shape
-        image, valid = image.reshape(b * t, c, h, w), valid.reshape(b * t, h, w)
-        # where() (not multiply) so NaN/huge nodata values cannot leak into input or loss.
-        image = torch.where(valid[:, None], image, torch.zeros((), dtype=image.dtype,
-                                                                  device=image.device))
-        wl = band_set(batch["wavelengths_nm"], c).to(image.device)
-        gsd = torch.as_tensor(batch["gsd_m"], dtype=torch.float32, device=image.device)
-        gsd = gsd.reshape(-1).expand(b).repeat_interleave(t)
-        return image, valid, wl, gsd
-
-    def _predict(self, image, wl, gsd):
-        """Encode visible tokens, decode all. Returns pred (B', L, C, p*p), mask (B', L)."""
+    def _predict(self, x):
+        """Encode visible tokens, decode all. x: MIMInput. Returns pred (B', N, C, p*p), mask (B', N)."""
         bb = self.backbone
-        tokens = bb.embed(image, wl, gsd)  # (B', L, D)
+        tokens = bb.embed(x.image, x.wavelengths, x.gsd, x.times, x.lonlat)  # (B', N, D)
         visible, mask, ids_restore = random_masking(tokens, self.mask_ratio)
         latent = self.decoder_embed(bb.encode(visible))  # (B', 1+K, Dd)
 
         b, n = mask.shape
         fill = self.mask_token.to(latent.dtype).expand(b, n + 1 - latent.shape[1], -1)
-        x = torch.cat([latent[:, 1:], fill], 1)  # shuffled order: visible first
-        x = x.gather(1, ids_restore[:, :, None].expand(-1, -1, x.shape[2]))  # unshuffle
-        p = bb.patch_size
-        pos = sincos_2d(image.shape[2] // p, image.shape[3] // p, self.decoder_dim,
-                        gsd / bb.ref_gsd_m)
-        x = torch.cat([latent[:, :1], x + pos.to(x.dtype)], 1)  # cls keeps no position
+        z = torch.cat([latent[:, 1:], fill], 1)  # shuffled order: visible first
+        z = z.gather(1, ids_restore[:, :, None].expand(-1, -1, z.shape[2]))  # unshuffle
+        pos = bb.position_code(*x.grid, self.decoder_dim, x.gsd, x.frames)
+        z = torch.cat([latent[:, :1], z + pos.to(z.dtype)], 1)  # cls keeps no position
         for blk in self.decoder_blocks:
-            x = blk(x)
-        pred = self.decoder_pred(self.decoder_norm(x)[:, 1:], wl)  # (B', L, C, p*p)
+            z = blk(z)
+        pred = self.decoder_pred(self.decoder_norm(z)[:, 1:], x.wavelengths)  # (B', N, C, p*p)
         return pred, mask
 
     # ---- public ----------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict:
-        image, valid, wl, gsd = self._flatten(batch)
-        pred, mask = self._predict(image, wl, gsd)
-        p = self.backbone.patch_size
-        target = patchify(image, p)  # (B', L, C, P)
-        vpix = patchify(valid[:, None].to(target.dtype), p)[:, :, 0]  # (B', L, P) 0/1
-        if self.norm_pix_loss:
-            mean, std = _masked_patch_stats(target, vpix.bool())
-            target = (target - mean) / std
-        # Weight = masked patch x valid pixel, shared by all bands.
-        weight = mask[:, :, None, None] * vpix[:, :, None, :]
-        err = (pred.float() - target.float()) ** 2
-        weight = weight.expand_as(err)
-        # clamp: an all-invalid batch gives 0 * err / 1 = 0 that still has a grad_fn.
-        loss = (err * weight).sum() / weight.sum().clamp_min(1)
+        x = prepare(batch, self.backbone.patch_size, self.frames)
+        pred, mask = self._predict(x)
+        target, _, _ = norm_pix_targets(x.patches, x.vpix, self.norm_pix_loss)
+        loss, _ = patch_loss(pred, target, x.vpix, mask)
         return {
             "loss": loss,
             "mask_ratio_effective": mask.mean().detach(),
-            "valid_fraction": valid.float().mean().detach(),
+            "valid_fraction": x.valid.float().mean().detach(),
         }
 
     @torch.no_grad()
     def reconstruct(self, batch: dict) -> dict:
         """For plotting. Returns pred_image (B', C, H, W) in normalised input units (per-patch
         de-normalised with valid-pixel stats when norm_pix_loss), mask (B', H, W) bool
-        (True = pixel's patch was masked), plus the flattened input image / valid."""
-        image, valid, wl, gsd = self._flatten(batch)
-        pred, mask = self._predict(image, wl, gsd)
-        p = self.backbone.patch_size
-        h, w = image.shape[2] // p, image.shape[3] // p
-        if self.norm_pix_loss:
-            vpix = patchify(valid[:, None].float(), p)[:, :, 0].bool()
-            mean, std = _masked_patch_stats(patchify(image, p), vpix)
+        (True = pixel's patch was masked), plus the flattened input image / valid
+        (B' = B*T frames in both frame modes)."""
+        x = prepare(batch, self.backbone.patch_size, self.frames)
+        pred, mask = self._predict(x)
+        _, mean, std = norm_pix_targets(x.patches, x.vpix, self.norm_pix_loss)
+        if mean is not None:
             pred = pred * std + mean
-        mask_pix = mask[:, :, None, None].expand(-1, -1, 1, p * p)
-        return {
-            "pred_image": unpatchify(pred, p, h, w),
-            "mask": unpatchify(mask_pix, p, h, w)[:, 0].bool(),
-            "image": image,
-            "valid": valid,
-        }
+        return _figure_tensors(x, pred, mask, self.backbone.patch_size)
+
+
+def _figure_tensors(x, pred: torch.Tensor, mask: torch.Tensor, p: int) -> dict:
+    """Per-token predictions and mask -> per-frame images for plots.reconstruction figures."""
+    h, w = x.grid
+    image, valid = x.flat_images()
+    pred, mask = x.flat_tokens(pred), x.flat_tokens(mask)
+    mask_pix = mask[:, :, None, None].expand(-1, -1, 1, p * p)
+    return {
+        "pred_image": unpatchify(pred, p, h, w),
+        "mask": unpatchify(mask_pix, p, h, w)[:, 0].bool(),
+        "image": image,
+        "valid": valid,
+    }

@@ -31,6 +31,7 @@ class ModelSpec:
     drop_path_rate: float = 0.0       # stochastic depth, linearly increasing over blocks
     time_loc: bool = False            # add date + location codes to tokens (Prithvi-EO-2.0 TL style)
     meta_drop_rate: float = 0.0       # per-sample chance of dropping those codes while training
+    init_from: str = ""               # continual pretraining: an eofm export folder or a timm ViT state dict (.pth/.pt/.safetensors); see pretrain/continual.py
 
 
 @dataclass
@@ -74,7 +75,71 @@ class SelectiveMAESpec:
 
 
 # objective name -> its typed settings; the `objective` section is {name: ..., **settings}
-OBJECTIVE_SPECS = {"mae": MAESpec, "selective_mae": SelectiveMAESpec}
+@dataclass
+class ContrastiveSpec:
+    """Settings shared by the contrastive objectives (views are made inside the objective)."""
+    temperature: float = 0.2          # softmax temperature of the InfoNCE terms
+    proj_hidden_dim: int = 512        # projection MLP hidden width
+    proj_dim: int = 128               # embedding (projection output) width
+    pool: Literal["mean", "cls"] = "mean"   # backbone output fed to the projector
+    ema_momentum: float = 0.996       # teacher momentum at step 0
+    ema_momentum_end: float = 1.0     # cosine schedule to this at train.steps (= ema_momentum: constant)
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])   # random resized crop, area fraction range
+    flips: bool = True                # random flips and 90-degree rotations
+    brightness: float = 0.4           # jitter: additive shift in normalised units, U(-b, b)
+    contrast: float = 0.4             # jitter: contrast factor U(1-c, 1+c) around the scene mean
+    band_jitter: float = 0.1          # jitter: per-band gain U(1-j, 1+j)
+    jitter_p: float = 0.8             # probability of the intensity jitter per view
+    blur_p: float = 0.5               # probability of a Gaussian blur (sigma 0.1-2 px) per view
+
+    def __post_init__(self):
+        if self.temperature <= 0 or self.proj_hidden_dim < 1 or self.proj_dim < 1:
+            raise ValueError("temperature must be > 0, proj_hidden_dim and proj_dim >= 1")
+        if not (0.0 <= self.ema_momentum <= 1.0 and 0.0 <= self.ema_momentum_end <= 1.0):
+            raise ValueError(f"ema_momentum and ema_momentum_end must be in [0, 1], got "
+                             f"{self.ema_momentum}, {self.ema_momentum_end}")
+        if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class SoftContrastiveSpec(ContrastiveSpec):
+    """Soft multi-label contrastive (SoftCon-style); needs land-cover fractions in the shards."""
+    mask_ratio: float = 0.5           # share of patches hidden from the student (Siamese masking)
+    hard_weight: float = 1.0          # weight of the InfoNCE term
+    soft_weight: float = 1.0          # weight of the land-cover soft term
+    soft_loss: Literal["ce", "bce", "mse"] = "ce"   # soft term: CE to row-normalised targets | BCE | MSE of cosines
+    label_similarity: Literal["cosine", "jaccard"] = "cosine"   # target similarity of two scenes' labels
+    label_form: Literal["fractions", "multihot"] = "fractions"   # class fractions, or presence above presence_threshold
+    presence_threshold: float = 0.05  # multihot: a class is present above this fraction
+    symmetric: bool = True            # also contrast columns (teacher key against all student queries)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+
+
+@dataclass
+class SeasonContrastiveSpec(ContrastiveSpec):
+    """Season contrast (SeCo / SSL4Eco); needs multi-date shards (prep `series`)."""
+    mode: Literal["subspaces", "season_invariant"] = "subspaces"   # SeCo's 3 embedding subspaces, or one season-invariant space
+    negatives: Literal["queue", "batch"] = "queue"   # MoCo queue per head, or the gathered global batch
+    queue_size: int = 16384           # keys per head in the queue
+    head_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])   # loss weight per subspace (first 1 used in season_invariant)
+    ema_momentum: float = 0.999       # MoCo momentum encoder
+    ema_momentum_end: float = 0.999   # equal: constant momentum (MoCo)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+        if len(self.head_weights) < (3 if self.mode == "subspaces" else 1):
+            raise ValueError(f"head_weights needs one weight per subspace, got {self.head_weights}")
+
+
+OBJECTIVE_SPECS = {"mae": MAESpec, "selective_mae": SelectiveMAESpec, "soft_contrastive": SoftContrastiveSpec,
+                   "season_contrastive": SeasonContrastiveSpec}
 
 
 @dataclass

@@ -40,6 +40,11 @@ def build_model(cfg: PretrainConfig):
     if cfg.model.depth:
         overrides["depth"] = cfg.model.depth
     backbone = build_backbone(cfg.model.arch, cfg.model.size, **overrides)
+    if cfg.model.init_from:             # continual pretraining; before the objective copies any teacher
+        from pretrain.continual import init_backbone
+        report = init_backbone(backbone, cfg.model.init_from)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            log.info(report.summary())
     settings = {k: v for k, v in cfg.objective.items() if k != "name"}
     return build_objective(cfg.objective["name"], backbone, **settings)
 

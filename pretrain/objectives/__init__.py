@@ -5,11 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from pretrain.objectives.mae import MAE
+from pretrain.objectives.season_contrastive import SeasonContrastive
+from pretrain.objectives.soft_contrastive import SoftContrastive
 from pretrain.objectives.selective_mae import SelectiveMAE
 
-__all__ = ["OBJECTIVES", "build_objective", "MAE", "SelectiveMAE"]
+__all__ = ["OBJECTIVES", "build_objective", "MAE", "SoftContrastive", "SeasonContrastive", "SelectiveMAE"]
 
-OBJECTIVES = {"mae": MAE, "selective_mae": SelectiveMAE}
+OBJECTIVES = {"mae": MAE, "soft_contrastive": SoftContrastive, "season_contrastive": SeasonContrastive,
+              "selective_mae": SelectiveMAE}
 
 
 def build_objective(name: str, backbone: nn.Module, **cfg) -> nn.Module:

@@ -3,10 +3,12 @@
   eofm-finetune CONFIG.yaml [key=value ...]
 
 Loads the export (model.export: model.safetensors + config.json; the pretraining recipe is not
-needed), builds a labelled task from a prepared eofm dataset (data.path), splits it by spatial
-blocks, runs the protocols (linear probe on frozen features, end-to-end fine-tuning) plus a
-linear probe of a randomly initialised encoder as a baseline, and writes metrics.json,
-confusion_<protocol>.png and the resolved config.yaml into output.path.
+needed), builds a labelled task (data.format: a prepared eofm dataset with a label source, a
+generic images/ + labels/ folder, EuroSAT class folders, BigEarthNet with reference maps),
+splits it, runs the protocols (linear probe and k-NN on frozen features, fine-tuning with
+layer-wise lr decay) under every partial-label regime (data.label_fractions x data.label_seeds),
+plus the frozen-feature protocols on a randomly initialised encoder as a baseline, and writes
+metrics.json, confusion_<protocol>.png and the resolved config.yaml into output.path.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from data_prep.recipe import ConfigError
 EXAMPLE = """
 example:
   eofm-finetune configs/finetune/quickstart.yaml finetune.epochs=10 output.path=runs/ft10
+  eofm-finetune configs/finetune/eurosat.yaml data.path=/data/EuroSAT_MS data.label_fractions=[0.01,0.1,1.0] data.label_seeds=[0,1,2]
 """
 
 
@@ -52,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"labels: {report['label_source']['name']} (derived from the chips: a pipeline check, not a benchmark)"
           if report["label_source"].get("note") else f"labels: {report['label_source']['name']}")
-    counts = report["class_counts"]
-    print(f"chips: train {sum(counts['train'].values())}, test {sum(counts['test'].values())}; "
-          f"classes {counts['all']}")
+    first = next(iter(report["protocols"].values()))
+    print(f"{report['task']}: {report['n_samples']} samples ({report['split']['method']} split; "
+          f"train {first['n_train']} at {max(report['label_fractions']):.0%} labels, test {first['n_test']}); "
+          f"classes {report['class_counts']['all'] or report['label_source']['classes']}")
     print(table(report))
     print(f"outputs: {cfg.output.path}/metrics.json, confusion_<protocol>.png, config.yaml")
     return 0

@@ -1,14 +1,18 @@
 """The fine-tuning recipe (configs/finetune/*.yaml).
 
 Defaults are small on purpose: ~600 chips of 32x32 or 64x64 with a tiny ViT finish in about a
-minute on a laptop CPU. Raise the epochs for a real evaluation.
+minute on a laptop CPU. Raise the epochs for a real evaluation. Protocols: linear probe on
+frozen features (dense tasks: a per-token linear layer), k-NN (image-level tasks), fine-tuning
+with layer-wise lr decay; each under every partial-label regime (data.label_fractions x
+data.label_seeds).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-PROTOCOLS = ("linear_probe", "finetune")
+PROTOCOLS = ("linear_probe", "knn", "finetune")
+FORMATS = ("eofm", "folder", "eurosat", "bigearthnet")
 
 
 @dataclass
@@ -17,12 +21,33 @@ class ModelSpec:
 
 
 @dataclass
+class FolderSpec:
+    bands: list[str] = field(default_factory=list)          # band names in file order ([] = the GeoTIFF's band descriptions)
+    wavelengths_nm: list[float] = field(default_factory=list)  # centre wavelengths ([] = from Sentinel-2 band names)
+    classes: list[str] = field(default_factory=list)        # segmentation class names ([] = class_0..class_<max label>)
+    sensor: str = ""                   # sensor name (matches the export's normalisation tables when equal)
+    units: str = ""                    # physical units of the images after the GeoTIFF's scale/offset tags
+    ignore_value: float = 255.0        # label value that does not count (also the label file's nodata)
+
+
+@dataclass
 class DataSpec:
-    path: str = "runs/prep"            # prepared eofm dataset (folder holding manifest.json)
-    labels: str = "ndvi_cover"         # key of finetune.labels.LABELS
-    test_fraction: float = 0.25        # probability that a spatial block goes to the test split
+    format: Literal["eofm", "folder", "eurosat", "bigearthnet"] = "eofm"   # dataset layout (see finetune.datasets)
+    path: str = "runs/prep"            # the dataset folder (eofm: the prepared dataset holding manifest.json)
+    labels: str = "ndvi_cover"         # eofm format only: key of finetune.labels.LABELS
+    task: Literal["auto", "classification", "multilabel", "segmentation", "regression"] = "auto"
+    #                                    auto: eofm/eurosat classification, bigearthnet multilabel, folder segmentation
+    bands: list[str] = field(default_factory=list)   # use only these bands, in this order ([] = all the dataset has)
+    tile: int = 0                      # cut images into tiles of this side (pixels); 0 = whole images
+    split: Literal["auto", "file", "blocks", "random"] = "auto"   # auto: the split file if there is one, else blocks (eofm) or random
+    split_file: str = ""               # CSV `id,split` or a folder with train/val/test.txt ("" = <path>/split.csv or <path>/splits/)
+    test_fraction: float = 0.25        # blocks: probability that a spatial block goes to test; random: share of test samples
     block_m: float = 1280.0            # side of the square spatial blocks used for the split, metres
-    seed: int = 0                      # seed of the block -> split hash
+    seed: int = 0                      # seed of the split
+    normalization: Literal["auto", "export", "train"] = "auto"   # per band: export statistics, training-split statistics, or auto
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])   # partial-label regimes: shares of the training labels
+    label_seeds: list[int] = field(default_factory=lambda: [0])          # one run per seed and fraction (subset and init); mean +- std reported
+    folder: FolderSpec = field(default_factory=FolderSpec)
 
     def __post_init__(self):
         from finetune.labels import LABELS
@@ -32,6 +57,12 @@ class DataSpec:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.block_m <= 0:
             raise ValueError(f"block_m must be > 0 metres, got {self.block_m}")
+        if self.tile < 0:
+            raise ValueError(f"tile must be >= 0 pixels, got {self.tile}")
+        if not self.label_fractions or any(not 0.0 < f <= 1.0 for f in self.label_fractions):
+            raise ValueError(f"label_fractions must be a non-empty list of values in (0, 1], got {self.label_fractions}")
+        if not self.label_seeds or len(set(self.label_seeds)) != len(self.label_seeds):
+            raise ValueError(f"label_seeds must be a non-empty list of distinct ints, got {self.label_seeds}")
 
 
 @dataclass
@@ -46,14 +77,26 @@ class LinearProbeSpec:
 
 
 @dataclass
+class KnnSpec:
+    k: int = 20                        # neighbours (cosine similarity of pooled features)
+    temperature: float = 0.07          # vote weight exp(similarity / temperature)
+
+    def __post_init__(self):
+        _positive(k=self.k, temperature=self.temperature)
+
+
+@dataclass
 class FinetuneSpec:
     epochs: int = 4                    # end-to-end training is the slow part on CPU
     lr: float = 5e-4                   # head lr; block i gets lr * layer_decay ** (depth - i)
     layer_decay: float = 0.75
     weight_decay: float = 0.05         # not applied to biases, norms, tokens
     batch_size: int = 32
-    head: Literal["linear", "mlp"] = "linear"   # key of finetune.heads.HEADS, on `pooled`
-    augment: bool = True               # random flips / 90-degree rotations of training chips
+    head: Literal["auto", "linear", "mlp", "light", "upernet"] = "auto"   # image tasks: linear | mlp on `pooled`;
+    #                                    dense tasks: linear | light | upernet; auto: linear / upernet
+    layers: list[int] = field(default_factory=list)   # blocks the dense decoder reads ([] = last; upernet: 4 spread)
+    freeze_encoder: bool = False       # train the head only (PANGAEA's frozen-encoder protocol)
+    augment: bool = True               # random flips / 90-degree rotations of training chips (and their label maps)
 
     def __post_init__(self):
         _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
@@ -70,9 +113,10 @@ class OutputSpec:
 class FinetuneConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
-    protocols: list[Literal["linear_probe", "finetune"]] = field(default_factory=lambda: list(PROTOCOLS))
-    random_baseline: bool = True       # also linear-probe a randomly initialised encoder
+    protocols: list[Literal["linear_probe", "knn", "finetune"]] = field(default_factory=lambda: list(PROTOCOLS))
+    random_baseline: bool = True       # also run linear_probe / knn on a randomly initialised encoder
     linear_probe: LinearProbeSpec = field(default_factory=LinearProbeSpec)
+    knn: KnnSpec = field(default_factory=KnnSpec)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
     device: str = "cpu"                # torch device; results are deterministic on CPU

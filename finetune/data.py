@@ -1,15 +1,29 @@
-"""A labelled task from a prepared eofm dataset: chips in memory + a spatial-block split.
+"""A labelled task in memory: any reader's `Raw` -> bands, tiles, split, normalisation -> Task.
 
-Small evaluation sets only (everything is held in memory). Only the first frame (T=0) of each
-sample is used. Images are normalised with the EXPORT's statistics for the sample's sensor,
-and the samples' own band wavelengths are passed to the band-agnostic encoder.
+Small evaluation sets only (everything is held in memory). Readers: a prepared eofm dataset
+with a registered label source (`read_eofm`, first frame of each sample), and the layouts of
+finetune.datasets (folder, eurosat, bigearthnet). Then, the same for all (`build_task`):
+  1. bands: data.bands selects a subset by name (an unknown name is an error); the encoder
+     gets exactly the dataset's bands with their wavelengths -- nothing is zero-filled;
+  2. tiles: data.tile > 0 cuts every image into non-overlapping tiles (edge remainders dropped),
+     labels follow (class of the image; pixel labels cut alike; multi-label from the tile's map);
+  3. split (data.split): `file` (the layout's split file; `val` and unlisted samples are left
+     out), `blocks` (spatial blocks of data.block_m metres hashed to test with probability
+     test_fraction), `random` (seeded, stratified per class for classification);
+  4. normalisation (data.normalization), per band:
+       export  the export's statistics (same band name, wavelength within 5 nm); an error if any
+               band has none;
+       train   mean / std over valid pixels of the training split;
+       auto    export statistics for a band when the export has the same band (name and
+               wavelength) in the same physical units, else the training split's. The report
+               lists the source of every band.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
@@ -19,6 +33,7 @@ from data_prep import manifest as manifest_io
 from data_prep.sample import decode, physical
 from data_prep.tario import iter_tar_samples
 from finetune import FinetuneError
+from finetune.datasets import IGNORE, Raw
 from finetune.labels import LabelSource
 from pretrain.data.normalize import normalize
 
@@ -26,25 +41,32 @@ from pretrain.data.normalize import normalize
 # <1% over a block, which is all a split needs.
 M_PER_DEG_LAT = 110_574.0
 M_PER_DEG_LON_EQUATOR = 111_320.0
+WAVELENGTH_TOL_NM = 5.0
 
 
 @dataclass
 class Task:
-    """N labelled chips. images (N, C, H, W) float32 normalised (invalid pixels 0); valid
-    (N, H, W) bool; labels (N,) int64; wavelengths_nm (C,) float32; gsd_m (N,) float32;
-    blocks (N,) spatial block ids; is_test (N,) bool."""
+    """N labelled samples. images (N, C, H, W) float32 normalised (invalid pixels 0); valid
+    (N, H, W) bool; targets by kind: classification (N,) int64, multilabel (N, K) float32 {0,1},
+    segmentation (N, H, W) int64 (IGNORE = -1 does not count), regression (N, H, W) float32
+    (NaN does not count); wavelengths_nm (C,) float32; gsd_m (N,) float32; groups (N,) split
+    groups (spatial blocks or keys); is_test (N,) bool."""
+    kind: str
     images: np.ndarray
     valid: np.ndarray
-    labels: np.ndarray
+    targets: np.ndarray
     wavelengths_nm: np.ndarray
     gsd_m: np.ndarray
     keys: list[str]
-    blocks: list[str]
+    groups: list[str]
     is_test: np.ndarray
     classes: tuple[str, ...]
     sensor: str
     bands: list[str]
-    n_unlabelled: int              # chips the label source could not label (left out)
+    n_unlabelled: int              # samples without a usable label (left out)
+    normalization: list[dict] = field(default_factory=list)   # per band: name, mean, std, source
+    split_info: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def train_idx(self) -> np.ndarray:
@@ -54,9 +76,23 @@ class Task:
     def test_idx(self) -> np.ndarray:
         return np.flatnonzero(self.is_test)
 
+    @property
+    def image_level(self) -> bool:
+        return self.kind in ("classification", "multilabel")
+
     def class_counts(self, idx: np.ndarray | None = None) -> dict[str, int]:
-        labels = self.labels if idx is None else self.labels[idx]
-        counts = np.bincount(labels, minlength=len(self.classes))
+        """Samples per class (classification), positives per class (multilabel), labelled
+        pixels per class (segmentation); {} for regression."""
+        t = self.targets if idx is None else self.targets[idx]
+        k = len(self.classes)
+        if self.kind == "classification":
+            counts = np.bincount(t, minlength=k)
+        elif self.kind == "multilabel":
+            counts = t.sum(0).astype(np.int64)
+        elif self.kind == "segmentation":
+            counts = np.bincount(t[t != IGNORE].ravel(), minlength=k)
+        else:
+            return {}
         return {name: int(n) for name, n in zip(self.classes, counts)}
 
 
@@ -166,22 +202,19 @@ def check_split(labels: np.ndarray, is_test: np.ndarray, classes: tuple[str, ...
                                 f"split, none in {missing_in}: {hint}")
 
 
-def load_task(path: str, labels: LabelSource, export_cfg: dict, block_m: float,
-              test_fraction: float, seed: int, progress: bool = False) -> Task:
-    """Read, label, normalise and split the dataset at `path` (see Task for shapes)."""
+def read_eofm(path: str, labels: LabelSource, progress: bool = False) -> Raw:
+    """A prepared eofm dataset labelled by a label source (first frame of each sample)."""
     samples = read_samples(path, progress)
     first = samples[0]
     for s in samples:  # one tensor for the whole set: one sensor, band set and chip size
-        for field in ("sensor", "bands"):
-            if s[field] != first[field]:
-                raise FinetuneError(f"{path}: samples differ in {field} ({first[field]} vs {s[field]}); "
+        for name in ("sensor", "bands"):
+            if s[name] != first[name]:
+                raise FinetuneError(f"{path}: samples differ in {name} ({first[name]} vs {s[name]}); "
                                     f"fine-tuning handles one sensor and band set per dataset")
         if s["image"].shape[2:] != first["image"].shape[2:]:
             raise FinetuneError(f"{path}: chips differ in size ({first['image'].shape[2:]} vs "
                                 f"{s['image'].shape[2:]})")
-    sensor, bands = first["sensor"], list(first["bands"])
-    mean, std = normalization_for(export_cfg, sensor, bands, first["wavelengths_nm"])
-
+    bands = list(first["bands"])
     kept, images, valid, y = [], [], [], []
     for s in samples:
         phys, ok = physical(s)[0], s["valid"][0]          # first frame: (C, H, W), (H, W)
@@ -189,20 +222,226 @@ def load_task(path: str, labels: LabelSource, export_cfg: dict, block_m: float,
         if label < 0:
             continue
         kept.append(s)
-        images.append(normalize(phys, ok, mean, std))
+        images.append(phys.astype(np.float32))
         valid.append(ok)
         y.append(label)
     if not kept:
         raise FinetuneError(f"{path}: the label source {labels.name!r} could label none of the chips")
+    return Raw(kind="classification", physical=np.stack(images), valid=np.stack(valid).astype(bool),
+               targets=np.asarray(y, np.int64), classes=tuple(labels.classes), bands=bands,
+               wavelengths_nm=[float(w) for w in first["wavelengths_nm"]], units=str(first.get("units", "")),
+               sensor=first["sensor"], gsd_m=np.asarray([s["gsd_m"] for s in kept], np.float32),
+               keys=[s["key"] for s in kept], geo=[{k: s[k] for k in ("crs", "transform", "product_ids")} for s in kept],
+               n_unlabelled=len(samples) - len(kept))
 
-    blocks = [block_id(s, block_m) for s in kept]
-    is_test = split_blocks(blocks, test_fraction, seed)
-    labels_arr = np.asarray(y, np.int64)
-    check_split(labels_arr, is_test, labels.classes)
+
+# ---- the steps shared by every layout ----------------------------------------------------------
+
+def select_bands(raw: Raw, bands: list[str]) -> Raw:
+    """Keep `bands` (in that order); [] keeps all. Unknown names are an error."""
+    if not bands:
+        return raw
+    unknown = [b for b in bands if b not in raw.bands]
+    if unknown:
+        raise FinetuneError(f"data.bands: {', '.join(unknown)} not in the dataset's bands {raw.bands}")
+    idx = [raw.bands.index(b) for b in bands]
+    raw.physical = raw.physical[:, idx]
+    raw.bands = list(bands)
+    raw.wavelengths_nm = [raw.wavelengths_nm[i] for i in idx]
+    return raw
+
+
+def tile(raw: Raw, size: int) -> Raw:
+    """Cut every sample into non-overlapping size x size tiles (row-major; remainders at the
+    right / bottom edges dropped). Keys get _r<row>_c<col>; transforms move to the tile origin."""
+    n, c, h, w = raw.physical.shape
+    if size <= 0 or (size == h and size == w):
+        return raw
+    if size > h or size > w:
+        raise FinetuneError(f"data.tile={size} is larger than the images ({h}x{w})")
+    rows, cols = h // size, w // size
+    cut = lambda a: a[..., :rows * size, :cols * size].reshape(*a.shape[:-2], rows, size, cols, size)  # noqa: E731
+
+    def tiles(a: np.ndarray) -> np.ndarray:        # (N, ..., H, W) -> (N*rows*cols, ..., size, size)
+        t = cut(a)
+        lead = a.ndim - 2
+        t = np.moveaxis(t, (lead, lead + 2), (1, 2))  # (N, rows, cols, ..., size, size)
+        return t.reshape(n * rows * cols, *a.shape[1:-2], size, size)
+
+    rep = lambda seq: [x for x in seq for _ in range(rows * cols)]  # noqa: E731
+    raw.physical, raw.valid = tiles(raw.physical), tiles(raw.valid)
+    raw.targets = np.repeat(raw.targets, rows * cols) if raw.kind == "classification" else tiles(raw.targets)
+    raw.gsd_m = np.repeat(raw.gsd_m, rows * cols)
+    raw.keys = [f"{k}_r{r}_c{q}" for k in raw.keys for r in range(rows) for q in range(cols)]
+    if raw.geo is not None:
+        geo = []
+        for g in raw.geo:
+            a, b, x0, d, e, y0 = g["transform"][:6]
+            for r in range(rows):
+                for q in range(cols):
+                    px, py = q * size, r * size
+                    geo.append({**g, "transform": [a, b, x0 + a * px + b * py, d, e, y0 + d * px + e * py]})
+        raw.geo = geo
+    raw.split = rep(raw.split) if raw.split is not None else None
+    return raw
+
+
+def to_multilabel(raw: Raw) -> Raw:
+    """Segmentation maps -> (N, K) float32 presence of each class (any labelled pixel)."""
+    if raw.kind != "segmentation":
+        raise FinetuneError(f"a multi-label task needs pixel labels to derive labels from; this layout gives {raw.kind}")
+    k = len(raw.classes)
+    t = raw.targets.reshape(len(raw.targets), -1)
+    raw.targets = np.stack([(t == i).any(1) for i in range(k)], 1).astype(np.float32)
+    raw.kind = "multilabel"
+    return raw
+
+
+def labelled(raw: Raw) -> np.ndarray:
+    """(N,) bool: the sample has at least one usable label."""
+    t = raw.targets
+    if raw.kind == "classification":
+        return t >= 0
+    if raw.kind == "multilabel":
+        return np.ones(len(t), bool)  # an all-negative label vector is a label
+    flat = t.reshape(len(t), -1)
+    return (flat != IGNORE).any(1) if raw.kind == "segmentation" else np.isfinite(flat).any(1)
+
+
+def random_split(targets: np.ndarray, kind: str, test_fraction: float, seed: int) -> np.ndarray:
+    """(N,) bool is_test, seeded. Classification: per class, round(test_fraction * n_c) samples
+    (at least 1 when the class has 2+) go to test; otherwise a seeded draw of the same share."""
+    rng = np.random.default_rng(seed)
+    n = len(targets)
+    is_test = np.zeros(n, bool)
+    if kind == "classification":
+        for c in np.unique(targets):
+            idx = rng.permutation(np.flatnonzero(targets == c))
+            k = int(round(test_fraction * len(idx)))
+            k = min(max(k, 1 if len(idx) > 1 else 0), len(idx) - 1 if len(idx) > 1 else k)
+            is_test[idx[:k]] = True
+    else:
+        is_test[rng.permutation(n)[:max(1, int(round(test_fraction * n)))]] = True
+    return is_test
+
+
+def band_normalization(raw: Raw, train: np.ndarray, export_cfg: dict, mode: str) -> list[dict]:
+    """Per band {band, wavelength_nm, mean, std, source} following data.normalization (module doc)."""
+    if mode == "export":
+        mean, std = normalization_for(export_cfg, raw.sensor, raw.bands, raw.wavelengths_nm)
+        return [{"band": b, "wavelength_nm": w, "mean": float(m), "std": float(s), "source": f"export ({raw.sensor})"}
+                for b, w, m, s in zip(raw.bands, raw.wavelengths_nm, mean, std)]
+    tables = export_cfg.get("normalization") or {}
+    # The dataset's own sensor first, then any other table in the same units.
+    order = [raw.sensor] if raw.sensor in tables else []
+    order += [s for s in tables if s != raw.sensor]
+    out = []
+    for c, (b, w) in enumerate(zip(raw.bands, raw.wavelengths_nm)):
+        hit = None
+        if mode == "auto":
+            for sensor in order:
+                t = tables[sensor]
+                if t.get("units") != raw.units or b not in t["bands"]:
+                    continue
+                i = t["bands"].index(b)
+                if abs(t["wavelengths_nm"][i] - w) <= WAVELENGTH_TOL_NM:
+                    hit = (float(t["mean"][i]), max(float(t["std"][i]), 1e-6), f"export ({sensor})")
+                    break
+        if hit is None:
+            ok = raw.valid[train]
+            vals = raw.physical[train, c][ok]
+            if not vals.size:
+                raise FinetuneError(f"band {b}: no valid pixel in the training split to compute statistics from")
+            hit = (float(vals.mean()), max(float(vals.std()), 1e-6), "training split")
+        out.append({"band": b, "wavelength_nm": float(w), "mean": hit[0], "std": hit[1], "source": hit[2]})
+    return out
+
+
+def build_task(raw: Raw, export_cfg: dict, *, bands: list[str] = (), tile_size: int = 0, kind: str = "auto",
+               split: str = "auto", test_fraction: float = 0.25, block_m: float = 1280.0, seed: int = 0,
+               normalization: str = "auto", default_split: str = "random") -> Task:
+    """Raw -> Task: the steps of the module doc, in order."""
+    raw = select_bands(raw, list(bands))
+    raw = tile(raw, tile_size)
+    if kind == "multilabel" and raw.kind != "multilabel":
+        raw = to_multilabel(raw)
+    elif kind not in ("auto", raw.kind):
+        raise FinetuneError(f"data.task={kind}: this layout gives {raw.kind} labels"
+                            + (" (or multilabel)" if raw.kind == "segmentation" else ""))
+    keep = labelled(raw)
+    if split == "auto":
+        split = "file" if raw.split is not None else default_split
+    left_out = 0
+    if split == "file":
+        if raw.split is None:
+            raise FinetuneError("data.split=file: the dataset has no split file (split.csv or splits/; or set "
+                                "data.split_file)")
+        in_split = np.array([s in ("train", "test") for s in raw.split])
+        left_out = int((keep & ~in_split).sum())
+        keep &= in_split
+    idx = np.flatnonzero(keep)
+    n_unlabelled = raw.n_unlabelled + int((~labelled(raw)).sum())
+    if not idx.size:
+        raise FinetuneError("no labelled sample left to train or test on")
+    targets = raw.targets[idx]
+    if split == "file":
+        is_test = np.array([raw.split[i] == "test" for i in idx])
+        groups = [raw.keys[i] for i in idx]
+    elif split == "blocks":
+        if raw.geo is None:
+            raise FinetuneError("data.split=blocks needs georeferenced samples; use data.split=random")
+        groups = [block_id(raw.geo[i], block_m) for i in idx]
+        is_test = split_blocks(groups, test_fraction, seed)
+    elif split == "random":
+        groups = [raw.keys[i] for i in idx]
+        is_test = random_split(targets, raw.kind, test_fraction, seed)
+    else:
+        raise FinetuneError(f"data.split={split!r} unknown (auto, file, blocks, random)")
+    if raw.kind == "classification":
+        check_split(targets, is_test, raw.classes)
+    elif is_test.all() or not is_test.any():
+        raise FinetuneError(f"the {split} split left the {'train' if is_test.all() else 'test'} split empty "
+                            f"({len(idx)} samples): change data.seed / test_fraction / block_m, or use more data")
+    norm = band_normalization(raw, idx[~is_test], export_cfg, normalization)
+    mean = np.array([n["mean"] for n in norm], np.float32)
+    std = np.array([n["std"] for n in norm], np.float32)
     return Task(
-        images=np.stack(images).astype(np.float32), valid=np.stack(valid).astype(bool),
-        labels=labels_arr, wavelengths_nm=np.asarray(first["wavelengths_nm"], np.float32),
-        gsd_m=np.asarray([s["gsd_m"] for s in kept], np.float32), keys=[s["key"] for s in kept],
-        blocks=blocks, is_test=is_test, classes=tuple(labels.classes), sensor=sensor, bands=bands,
-        n_unlabelled=len(samples) - len(kept),
+        kind=raw.kind, images=normalize(raw.physical[idx], raw.valid[idx], mean, std),
+        valid=raw.valid[idx].astype(bool), targets=targets,
+        wavelengths_nm=np.asarray(raw.wavelengths_nm, np.float32), gsd_m=raw.gsd_m[idx].astype(np.float32),
+        keys=[raw.keys[i] for i in idx], groups=groups, is_test=is_test, classes=tuple(raw.classes),
+        sensor=raw.sensor, bands=list(raw.bands), n_unlabelled=n_unlabelled, normalization=norm,
+        split_info={"method": split, "left_out": left_out, "test_fraction": test_fraction, "seed": seed,
+                    **({"block_m": block_m} if split == "blocks" else {}),
+                    "groups_train": len({groups[i] for i in np.flatnonzero(~is_test)}),
+                    "groups_test": len({groups[i] for i in np.flatnonzero(is_test)})},
+        notes=list(raw.notes),
     )
+
+
+def train_subset(task: Task, fraction: float, seed: int) -> np.ndarray:
+    """Indices (sorted) of the training samples used under a partial-label regime.
+
+    Deterministic in (fraction, seed). fraction 1 -> the whole training split. Classification:
+    stratified, max(1, round(fraction * n_c)) of every class (every class is seen, as GEO-Bench
+    does). Multi-label: one sample per class first (rarest class first, where the class has a
+    positive), then a seeded draw up to round(fraction * n). Dense tasks: a seeded draw.
+    """
+    train = task.train_idx
+    if fraction >= 1.0:
+        return train
+    rng = np.random.default_rng([seed, int(round(fraction * 1e6))])
+    n = max(1, int(round(fraction * len(train))))
+    if task.kind == "classification":
+        y = task.targets[train]
+        picks = [rng.permutation(train[y == c])[:max(1, int(round(fraction * (y == c).sum())))] for c in np.unique(y)]
+        return np.sort(np.concatenate(picks))
+    chosen: list[int] = []
+    if task.kind == "multilabel":
+        y = task.targets[train] > 0
+        for c in np.argsort(y.sum(0), kind="stable"):
+            if y[:, c].any() and not y[np.isin(train, chosen), c].any():
+                chosen.append(int(rng.choice(train[y[:, c]])))
+    rest = rng.permutation(np.setdiff1d(train, chosen))
+    chosen += rest[:max(0, n - len(chosen))].tolist()
+    return np.sort(np.asarray(chosen, np.int64))

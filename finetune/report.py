@@ -1,4 +1,5 @@
-"""Outputs of a fine-tuning run: metrics.json, confusion_<protocol>.png, config.yaml, a table."""
+"""Outputs of a fine-tuning run: metrics.json, confusion_<protocol>.png (classification and
+segmentation), config.yaml, a text table."""
 from __future__ import annotations
 
 import json
@@ -37,7 +38,8 @@ def confusion_figure(confusion, classes, title: str, path: str) -> None:
 
 
 def write_report(cfg, report: dict) -> Path:
-    """Write config.yaml, metrics.json and one confusion figure per protocol into cfg.output.path."""
+    """Write config.yaml, metrics.json and, for classification / segmentation, one confusion
+    figure per protocol (all training labels, first seed) into cfg.output.path."""
     from data_prep.recipe import save_recipe
 
     out = Path(cfg.output.path)
@@ -48,17 +50,29 @@ def write_report(cfg, report: dict) -> Path:
     tmp.replace(out / "metrics.json")  # atomic: a metrics.json present is complete
     classes = report["label_source"]["classes"]
     for name, r in report["protocols"].items():
-        title = (f"{name}: accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f} "
-                 f"(n_test={r['n_test']})\nlabels: {report['label_source']['name']}"
+        if "confusion" not in r:
+            continue
+        score = (f"accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}" if report["task"] == "classification"
+                 else f"mIoU {r['miou']:.3f}, pixel accuracy {r['accuracy']:.3f}")
+        title = (f"{name}: {score} (n_test={r['n_test']})\nlabels: {report['label_source']['name']}"
                  + (" (pipeline check, not a benchmark)" if report["label_source"].get("note") else ""))
         confusion_figure(r["confusion"], classes, title, str(out / f"confusion_{name}.png"))
     return out
 
 
 def table(report: dict) -> str:
-    """Short text table: protocol, accuracy, macro-F1, n_train/n_test, seconds."""
-    lines = [f"{'protocol':<26} {'accuracy':>8} {'macro-F1':>8} {'train/test':>11} {'time':>7}"]
-    for name, r in report["protocols"].items():
-        lines.append(f"{name:<26} {r['accuracy']:>8.3f} {r['macro_f1']:>8.3f} "
-                     f"{r['n_train']:>5}/{r['n_test']:<5} {r['seconds']:>6.1f}s")
+    """Text table: protocol, label fraction, headline metrics (mean +- std over label seeds when
+    there are several), n_train/n_test of the first seed, seconds."""
+    from finetune.train import HEADLINE
+
+    metrics = HEADLINE[report["task"]]
+    lines = [f"{'protocol':<26} {'labels':>6} " + " ".join(f"{m:>15}" for m in metrics) + f" {'train/test':>11} {'time':>7}"]
+    firsts = {(r["protocol"], str(r["label_fraction"])): r for r in reversed(report["runs"])}
+    for name, by_fraction in report["summary"].items():
+        for fraction, stats in by_fraction.items():
+            cells = [f"{s['mean']:.3f} +- {s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
+                     for s in (stats[m] for m in metrics)]
+            r = firsts[(name, fraction)]
+            lines.append(f"{name:<26} {float(fraction):>6.0%} " + " ".join(f"{c:>15}" for c in cells)
+                         + f" {r['n_train']:>5}/{r['n_test']:<5} {r['seconds']:>6.1f}s")
     return "\n".join(lines)

@@ -1,7 +1,9 @@
-"""Evaluation protocols: linear probe (frozen encoder) and end-to-end fine-tuning.
+"""Evaluation protocols: linear probe, k-NN (frozen encoder) and end-to-end fine-tuning.
 
-Both return test-set predictions; `run` ties export, task, protocols and report together.
-Everything is seeded, so repeated CPU runs give the same numbers.
+Each protocol gets the task and the training indices of one partial-label regime and returns
+test-set outputs: class logits / scores (N_test, K) for image-level tasks, label maps
+(N_test, H, W) for segmentation, value maps for regression. `run` ties export, task, regimes,
+protocols and report together. Everything is seeded, so repeated CPU runs give the same numbers.
 """
 from __future__ import annotations
 
@@ -15,12 +17,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from finetune.config import FinetuneConfig, FinetuneSpec, LinearProbeSpec
-from finetune.data import Task
-from finetune.heads import Classifier, linear_head, param_groups
-from finetune.metrics import classification_metrics
+from finetune import FinetuneError
+from finetune.backbone import feature_maps
+from finetune.config import FinetuneConfig, FinetuneSpec, KnnSpec, LinearProbeSpec
+from finetune.data import Task, train_subset
+from finetune.datasets import IGNORE
+from finetune.heads import DENSE_HEADS, IMAGE_HEADS, Classifier, DenseModel, linear_head, param_groups
+from finetune.metrics import (classification_metrics, multilabel_metrics, regression_metrics,
+                              segmentation_metrics)
 
 FEATURE_BATCH = 64  # chips per forward pass when only features are needed (no activations kept)
+HEADLINE = {"classification": ("accuracy", "macro_f1"), "multilabel": ("map_macro", "map_micro", "f1_micro"),
+            "segmentation": ("miou", "accuracy"), "regression": ("rmse", "mae", "r2")}
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None = None):
@@ -38,169 +46,341 @@ def _cosine(step: int, total: int, warmup: int) -> float:
 
 
 def _inputs(task: Task, idx, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """image (B, C, H, W), wavelengths_nm (C,), gsd_m (B,) tensors for task chips `idx`."""
+    """image (B, C, H, W), wavelengths_nm (C,), gsd_m (B,) tensors for task samples `idx`."""
     idx = np.asarray(idx)
     return (torch.from_numpy(task.images[idx]).to(device),
             torch.from_numpy(task.wavelengths_nm).to(device),
             torch.from_numpy(task.gsd_m[idx]).to(device))
 
 
+def _target_scale(task: Task, idx: np.ndarray) -> tuple[float, float]:
+    """Regression: (mean, std) of the finite training targets, so heads regress unit-scale values."""
+    if task.kind != "regression":
+        return 0.0, 1.0
+    t = task.targets[idx]
+    t = t[np.isfinite(t)]
+    return float(t.mean()), max(float(t.std()), 1e-6)
+
+
+def _loss(kind: str, out: torch.Tensor, target: torch.Tensor, scale=(0.0, 1.0)) -> torch.Tensor:
+    """classification CE; multilabel BCE; segmentation pixel CE (IGNORE skipped); regression
+    MSE on standardised values over finite targets. out: (B, K) or (B, K, H, W)."""
+    if kind == "classification":
+        return F.cross_entropy(out, target)
+    if kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(out, target)
+    if kind == "segmentation":
+        return F.cross_entropy(out, target, ignore_index=IGNORE)
+    ok = torch.isfinite(target)
+    pred = out[:, 0]
+    if not ok.any():
+        return pred.sum() * 0.0
+    return F.mse_loss(pred[ok], (target[ok] - scale[0]) / scale[1])
+
+
+def _outputs(kind: str, out: torch.Tensor, scale=(0.0, 1.0)) -> torch.Tensor:
+    """Raw head output -> what metrics take: logits, sigmoid scores, label map, value map."""
+    if kind == "multilabel":
+        return out.sigmoid()
+    if kind == "segmentation":
+        return out.argmax(1)
+    if kind == "regression":
+        return out[:, 0] * scale[1] + scale[0]
+    return out
+
+
+def evaluate(task: Task, outputs: np.ndarray) -> dict:
+    """Metrics of test-set outputs, by task kind (finetune.metrics)."""
+    y = task.targets[task.test_idx]
+    if task.kind == "classification":
+        return classification_metrics(y, np.asarray(outputs).argmax(1), task.classes)
+    if task.kind == "multilabel":
+        return multilabel_metrics(y, outputs, task.classes)
+    if task.kind == "segmentation":
+        return segmentation_metrics(y, outputs, task.classes, IGNORE)
+    return regression_metrics(y, outputs)
+
+
+# ---- frozen features -----------------------------------------------------------------------------
+
 @torch.no_grad()
 def extract_features(encoder: nn.Module, task: Task, idx: np.ndarray, device: str = "cpu",
-                     progress: bool = False, desc: str = "features") -> torch.Tensor:
-    """Frozen `pooled` features of chips `idx`: (len(idx), D) float32 on the CPU."""
+                     progress: bool = False, desc: str = "features", dense: bool = False) -> torch.Tensor:
+    """Frozen features of samples `idx` on the CPU: `pooled` (len(idx), D), or with dense=True
+    the last block's normed patch-token map (len(idx), D, H/p, W/p)."""
     encoder.eval()
     out = []
     for b in tqdm(list(_batches(len(idx), FEATURE_BATCH)), desc=desc, disable=not progress, leave=False):
-        out.append(encoder.forward_features(*_inputs(task, idx[b.numpy()], device))["pooled"].float().cpu())
+        x = _inputs(task, idx[b.numpy()], device)
+        f = feature_maps(encoder, *x, (encoder.depth - 1,))[0] if dense else encoder.forward_features(*x)["pooled"]
+        out.append(f.float().cpu())
     return torch.cat(out)
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, spec: LinearProbeSpec,
-               seed: int) -> nn.Linear:
-    """Linear classifier on standardised features x (N, D), labels y (N,), AdamW + cosine lr."""
+def _standardise(f: torch.Tensor, train: np.ndarray) -> torch.Tensor:
+    """Per-feature (channel) standardisation with TRAIN statistics only, so nothing about the
+    test samples leaks into the classifier."""
+    dims = (0,) if f.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) if f.ndim == 2 else (1, -1, 1, 1)
+    mean = f[train].mean(dims).reshape(shape)
+    std = f[train].std(dims, correction=0).clamp_min(1e-6).reshape(shape)
+    return (f - mean) / std
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, num_out: int, spec: LinearProbeSpec, seed: int,
+               kind: str = "classification", size=None, scale=(0.0, 1.0)) -> nn.Module:
+    """Linear head on standardised features, AdamW + cosine lr. Image-level: x (N, D) -> (N, K).
+    Dense: x (N, D, h, w) -> 1x1 conv -> bilinear to `size` -> (N, K, H, W), pixel loss."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    head = linear_head(x.shape[1], num_classes)
+    head = linear_head(x.shape[1], num_out) if x.ndim == 2 else nn.Conv2d(x.shape[1], num_out, 1)
+    forward = (lambda z: head(z)) if x.ndim == 2 else (  # noqa: E731
+        lambda z: F.interpolate(head(z), size=size, mode="bilinear", align_corners=False))
     opt = torch.optim.AdamW(head.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    steps_per_epoch = math.ceil(len(x) / spec.batch_size)
-    total = spec.epochs * steps_per_epoch
+    total = spec.epochs * math.ceil(len(x) / spec.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, total, 0))
     for _ in range(spec.epochs):
         for b in _batches(len(x), spec.batch_size, gen):
-            loss = F.cross_entropy(head(x[b]), y[b])
+            loss = _loss(kind, forward(x[b]), y[b], scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return head.eval()
+    head.eval()
+    head.predict = forward
+    return head
 
 
-def linear_probe(encoder: nn.Module, task: Task, spec: LinearProbeSpec, seed: int,
-                 device: str = "cpu", progress: bool = False, desc: str = "linear probe") -> np.ndarray:
-    """Frozen encoder (eval mode) -> standardised pooled features -> linear classifier.
-    Returns test predictions (n_test,) int64."""
-    train_idx, test_idx = task.train_idx, task.test_idx
-    f_train = extract_features(encoder, task, train_idx, device, progress, f"{desc}: train features")
-    f_test = extract_features(encoder, task, test_idx, device, progress, f"{desc}: test features")
-    # Train-split statistics only, so nothing about the test chips leaks into the classifier.
-    mean, std = f_train.mean(0), f_train.std(0, correction=0).clamp_min(1e-6)
-    f_train, f_test = (f_train - mean) / std, (f_test - mean) / std
-    head = fit_linear(f_train, torch.from_numpy(task.labels[train_idx]), len(task.classes), spec, seed)
+def linear_probe(features: torch.Tensor, task: Task, train_idx: np.ndarray, spec: LinearProbeSpec,
+                 seed: int) -> np.ndarray:
+    """Linear head on frozen features of ALL task samples (`extract_features`, indexed like the
+    task), trained on `train_idx`. Returns test outputs (see module doc)."""
+    f = _standardise(features, train_idx)
+    scale = _target_scale(task, train_idx)
+    y = torch.from_numpy(task.targets[train_idx])
+    num_out = 1 if task.kind == "regression" else len(task.classes)
+    head = fit_linear(f[train_idx], y, num_out, spec, seed, task.kind, task.images.shape[2:], scale)
     with torch.no_grad():
-        return head(f_test).argmax(1).numpy()
+        out = [_outputs(task.kind, head.predict(f[task.test_idx][b]), scale)
+               for b in _batches(len(task.test_idx), FEATURE_BATCH)]
+    return torch.cat(out).numpy()
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One random dihedral transform (flip + k*90 degree rotation) for the batch (B, C, H, W).
-    Land cover has no preferred orientation, so these are label-preserving."""
+def knn(features: torch.Tensor, task: Task, train_idx: np.ndarray, spec: KnnSpec) -> np.ndarray:
+    """Weighted k-NN on L2-normalised pooled features (cosine similarity), each of the k nearest
+    training samples voting with weight exp(similarity / temperature). Classification: summed
+    votes per class (N_test, K); multi-label: the vote-weighted mean of the neighbours' label
+    vectors (N_test, K), a score in [0, 1] per class."""
+    if not task.image_level:
+        raise FinetuneError(f"knn needs an image-level task (classification or multilabel), not {task.kind}")
+    f = F.normalize(features.float(), dim=1)
+    train, test = f[train_idx], f[task.test_idx]
+    k = min(spec.k, len(train_idx))
+    sim, nn_idx = (test @ train.T).topk(k, dim=1)                       # (N_test, k)
+    w = (sim / spec.temperature).exp()
+    y = torch.from_numpy(task.targets[train_idx])
+    if task.kind == "classification":
+        onehot = F.one_hot(y[nn_idx], len(task.classes)).float()        # (N_test, k, K)
+        return (w[..., None] * onehot).sum(1).numpy()
+    return ((w[..., None] * y[nn_idx].float()).sum(1) / w.sum(1, keepdim=True)).numpy()
+
+
+# ---- fine-tuning --------------------------------------------------------------------------------
+
+def _augment(x: torch.Tensor, gen: torch.Generator, target: torch.Tensor | None = None):
+    """One random dihedral transform (flip + k*90 degree rotation) for the batch (B, C, H, W),
+    applied alike to a label map (B, H, W). Land cover has no preferred orientation."""
     k, flip = torch.randint(0, 4, (2,), generator=gen).tolist()
-    x = torch.rot90(x, k, dims=(2, 3))
-    return torch.flip(x, dims=(3,)) if flip % 2 else x
+
+    def t(a, dims):
+        a = torch.rot90(a, k, dims=dims)
+        return torch.flip(a, dims=(dims[1],)) if flip % 2 else a
+
+    return t(x, (2, 3)), (t(target, (1, 2)) if target is not None and target.ndim == 3 else target)
 
 
-def finetune(encoder: nn.Module, task: Task, spec: FinetuneSpec, seed: int, device: str = "cpu",
-             progress: bool = False) -> np.ndarray:
-    """Encoder + head on `pooled` trained end to end (AdamW, layer-wise lr decay, warmup +
-    cosine). `encoder` is trained in place: pass a copy. Returns test predictions (n_test,)."""
+def build_model(encoder: nn.Module, task: Task, spec: FinetuneSpec) -> nn.Module:
+    """Classifier (image-level) or DenseModel (segmentation / regression) with spec.head."""
+    head = spec.head
+    if task.image_level:
+        head = "linear" if head == "auto" else head
+        if head not in IMAGE_HEADS:
+            raise FinetuneError(f"finetune.head={head}: image-level tasks take {', '.join(IMAGE_HEADS)}")
+        return Classifier(encoder, len(task.classes), head)
+    head = "upernet" if head == "auto" else head
+    if head not in DENSE_HEADS:
+        raise FinetuneError(f"finetune.head={head}: {task.kind} takes {', '.join(DENSE_HEADS)}")
+    try:
+        return DenseModel(encoder, 1 if task.kind == "regression" else len(task.classes), head, tuple(spec.layers))
+    except ValueError as err:
+        raise FinetuneError(f"finetune.layers: {err}") from None
+
+
+def finetune(encoder: nn.Module, task: Task, train_idx: np.ndarray, spec: FinetuneSpec, seed: int,
+             device: str = "cpu", progress: bool = False) -> np.ndarray:
+    """Encoder + head trained end to end (AdamW, layer-wise lr decay, warmup + cosine), or the
+    head alone with spec.freeze_encoder. `encoder` is trained in place: pass a copy.
+    Returns test outputs (module doc)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = Classifier(encoder, len(task.classes), spec.head).to(device)
+    model = build_model(encoder, task, spec).to(device)
+    if spec.freeze_encoder:
+        model.encoder.requires_grad_(False)
     groups = param_groups(model, spec.lr, spec.weight_decay, spec.layer_decay)
     opt = torch.optim.AdamW(groups, lr=spec.lr)
-    train_idx = task.train_idx
-    labels = torch.from_numpy(task.labels)
+    scale = _target_scale(task, train_idx)
+    targets = torch.from_numpy(task.targets)
     steps_per_epoch = math.ceil(len(train_idx) / spec.batch_size)
     total = spec.epochs * steps_per_epoch
     warmup = min(steps_per_epoch, total // 10)  # short warmup: the fresh head's first gradients are large
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, total, warmup))
     bar = tqdm(total=total, desc="finetune", unit="step", disable=not progress, leave=False)
     model.train()
+    if spec.freeze_encoder:
+        model.encoder.eval()  # no drop-path noise in a frozen encoder
     for _ in range(spec.epochs):
         for b in _batches(len(train_idx), spec.batch_size, gen):
             idx = train_idx[b.numpy()]
             image, wl, gsd = _inputs(task, idx, device)
+            y = targets[idx].to(device)
             if spec.augment:
-                image = _augment(image, gen)
-            loss = F.cross_entropy(model(image, wl, gsd), labels[idx].to(device))
+                image, y = _augment(image, gen, y)
+            loss = _loss(task.kind, model(image, wl, gsd), y, scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # guards the pretrained weights early on
+            nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)  # guards pretrained weights early on
             opt.step()
             sched.step()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     model.eval()
-    preds = []
+    out = []
     with torch.no_grad():
         for b in _batches(len(task.test_idx), FEATURE_BATCH):
-            preds.append(model(*_inputs(task, task.test_idx[b.numpy()], device)).argmax(1).cpu())
-    return torch.cat(preds).numpy()
+            out.append(_outputs(task.kind, model(*_inputs(task, task.test_idx[b.numpy()], device)), scale).cpu())
+    return torch.cat(out).numpy()
 
 
-def _record(task: Task, preds: np.ndarray, seconds: float, **info) -> dict:
-    """Metrics of one protocol + split sizes, JSON-ready."""
-    m = classification_metrics(task.labels[task.test_idx], preds, task.classes)
-    return {**m, "n_train": int(len(task.train_idx)), "n_test": int(len(task.test_idx)),
-            "seconds": round(seconds, 2), **info}
+# ---- the run ------------------------------------------------------------------------------------
+
+def load(cfg: FinetuneConfig, export_cfg: dict, progress: bool = False) -> Task:
+    """The recipe's dataset as a Task (reader for data.format, then finetune.data.build_task)."""
+    from finetune import datasets, labels as label_sources
+    from finetune.data import build_task, read_eofm
+
+    d = cfg.data
+    if d.format == "eofm":
+        raw = read_eofm(d.path, label_sources.get(d.labels), progress)
+    elif d.format == "eurosat":
+        raw = datasets.read_eurosat(d.path, d.split_file or None)
+    elif d.format == "bigearthnet":
+        raw = datasets.read_bigearthnet(d.path, d.split_file or None)
+    else:
+        f = d.folder
+        raw = datasets.read_folder(d.path, "segmentation" if d.task == "auto" else d.task, f.bands, f.wavelengths_nm,
+                                   f.classes, f.sensor, f.units, f.ignore_value, d.split_file or None)
+    kind = "multilabel" if d.format == "bigearthnet" and d.task == "auto" else d.task
+    return build_task(raw, export_cfg, bands=d.bands, tile_size=d.tile, kind=kind, split=d.split,
+                      test_fraction=d.test_fraction, block_m=d.block_m, seed=d.seed,
+                      normalization=d.normalization, default_split="blocks" if d.format == "eofm" else "random")
+
+
+def summarise(results: list[dict], kind: str) -> dict:
+    """protocol -> fraction -> metric -> {mean, std, n} over the label seeds (std with ddof 0)."""
+    out: dict = {}
+    for r in results:
+        out.setdefault(r["protocol"], {}).setdefault(str(r["label_fraction"]), []).append(r)
+    return {p: {f: {m: {"mean": float(np.mean([r[m] for r in rs])), "std": float(np.std([r[m] for r in rs])),
+                        "n": len(rs)} for m in HEADLINE[kind]}
+                for f, rs in by_f.items()} for p, by_f in out.items()}
 
 
 def run(cfg: FinetuneConfig, progress: bool = True) -> dict:
-    """Load the export and task, run the protocols, write the report into cfg.output.path.
-    Returns the metrics dict that was written to metrics.json."""
+    """Load the export and task, run every protocol under every partial-label regime, write the
+    report into cfg.output.path. Returns the dict written to metrics.json."""
     from data_prep.recipe import to_dict
     from finetune import labels as label_sources
     from finetune.backbone import load_backbone, random_backbone
-    from finetune.data import load_task
     from finetune.report import write_report
 
     started = time.time()
     device = cfg.device
     encoder, export_cfg = load_backbone(cfg.model.export, device)
-    source = label_sources.get(cfg.data.labels)
-    task = load_task(cfg.data.path, source, export_cfg, cfg.data.block_m, cfg.data.test_fraction,
-                     cfg.data.seed, progress)
+    task = load(cfg, export_cfg, progress)
+    if "knn" in cfg.protocols and not task.image_level:
+        raise FinetuneError(f"protocol knn needs an image-level task; this one is {task.kind} (drop knn from protocols)")
 
-    results: dict[str, dict] = {}
-    lp = to_dict(cfg.linear_probe)
-    if "linear_probe" in cfg.protocols:
-        t = time.time()
-        preds = linear_probe(encoder, task, cfg.linear_probe, cfg.seed, device, progress)
-        results["linear_probe"] = _record(task, preds, time.time() - t, encoder="export", settings=lp)
+    encoders = {"": encoder}
     if cfg.random_baseline:
-        t = time.time()
-        rand = random_backbone(export_cfg, cfg.seed, device)
-        preds = linear_probe(rand, task, cfg.linear_probe, cfg.seed, device, progress, "random-init probe")
-        results["linear_probe_random_init"] = _record(
-            task, preds, time.time() - t, encoder=f"random init (seed {cfg.seed}), same architecture",
-            settings=lp)
-    if "finetune" in cfg.protocols:
-        t = time.time()
-        preds = finetune(copy.deepcopy(encoder), task, cfg.finetune, cfg.seed, device, progress)
-        results["finetune"] = _record(task, preds, time.time() - t, encoder="export",
-                                      settings=to_dict(cfg.finetune))
+        encoders["_random_init"] = random_backbone(export_cfg, cfg.seed, device)
+    frozen = [p for p in cfg.protocols if p in ("linear_probe", "knn")]
+    all_idx = np.arange(len(task.keys))
+    features = {}
+    for tag, enc in encoders.items():  # frozen features once per encoder, shared by every regime
+        if frozen:
+            t = time.time()
+            features[tag] = (extract_features(enc, task, all_idx, device, progress, f"features{tag}",
+                                              dense=not task.image_level), time.time() - t)
 
+    settings = {"linear_probe": to_dict(cfg.linear_probe), "knn": to_dict(cfg.knn), "finetune": to_dict(cfg.finetune)}
+    results = []
+    for fraction in cfg.data.label_fractions:
+        for label_seed in cfg.data.label_seeds:
+            train_idx = train_subset(task, fraction, label_seed)
+            seed = cfg.seed + label_seed
+            for protocol in cfg.protocols:
+                for tag, enc in encoders.items():
+                    if tag and protocol == "finetune":
+                        continue  # the random-init baseline is a frozen-feature comparison
+                    t = time.time()
+                    if protocol == "linear_probe":
+                        out = linear_probe(features[tag][0], task, train_idx, cfg.linear_probe, seed)
+                    elif protocol == "knn":
+                        out = knn(features[tag][0], task, train_idx, cfg.knn)
+                    else:
+                        out = finetune(copy.deepcopy(enc), task, train_idx, cfg.finetune, seed, device, progress)
+                    seconds = time.time() - t + (features[tag][1] if protocol != "finetune" else 0.0)
+                    results.append({
+                        "protocol": protocol + tag, "label_fraction": fraction, "label_seed": label_seed,
+                        **evaluate(task, out), "n_train": int(len(train_idx)), "n_test": int(len(task.test_idx)),
+                        "seconds": round(seconds, 2),
+                        "encoder": "export" if not tag else f"random init (seed {cfg.seed}), same architecture",
+                        "settings": settings[protocol]})
+
+    # The headline entry per protocol: all training labels (largest fraction), first seed.
+    top = max(cfg.data.label_fractions)
+    headline = {}
+    for r in results:
+        if r["label_fraction"] == top and r["label_seed"] == cfg.data.label_seeds[0]:
+            headline.setdefault(r["protocol"], r)
+    source = label_sources.get(cfg.data.labels) if cfg.data.format == "eofm" else None
     report = {
-        "label_source": {"name": source.name, "classes": list(source.classes),
-                         "description": source.description,
+        "task": task.kind,
+        "format": cfg.data.format,
+        "label_source": {"name": source.name if source else cfg.data.format, "classes": list(task.classes),
+                         "description": source.description if source else "",
                          "note": "labels derived from the chips themselves: a pipeline check, not a benchmark"
-                         if source.name == "ndvi_cover" else ""},
+                         if source and source.name == "ndvi_cover" else ""},
         "data": cfg.data.path,
         "export": cfg.model.export,
         "export_info": {k: export_cfg.get(k) for k in ("architecture", "arch", "objective", "steps",
                                                         "sensor", "data_manifest_sha256")},
         "sensor": task.sensor,
         "bands": task.bands,
+        "normalization": task.normalization,
         "chip_size": list(task.images.shape[2:]),
+        "n_samples": len(task.keys),
         "class_counts": {"all": task.class_counts(), "train": task.class_counts(task.train_idx),
                          "test": task.class_counts(task.test_idx)},
         "unlabelled_chips": task.n_unlabelled,
-        "split": {"method": "spatial blocks", "block_m": cfg.data.block_m,
-                  "test_fraction": cfg.data.test_fraction, "seed": cfg.data.seed,
-                  "blocks_train": len({task.blocks[i] for i in task.train_idx}),
-                  "blocks_test": len({task.blocks[i] for i in task.test_idx})},
-        "protocols": results,
+        "split": task.split_info,
+        "notes": task.notes,
+        "label_fractions": cfg.data.label_fractions,
+        "label_seeds": cfg.data.label_seeds,
+        "protocols": headline,
+        "summary": summarise(results, task.kind),
+        "runs": results,
         "seconds": round(time.time() - started, 2),
     }
     write_report(cfg, report)

@@ -27,7 +27,8 @@ def test_end_to_end(capsys, tmp_path, small_dataset, tiny_export):
                               f"data.path={small_dataset}", f"output.path={out}", *FAST)
     assert rc == 0, err
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m["protocols"]) == {"linear_probe", "linear_probe_random_init", "finetune"}
+    assert set(m["protocols"]) == {"linear_probe", "linear_probe_random_init", "knn", "knn_random_init", "finetune"}
+    assert {n["source"] for n in m["normalization"]} == {"export (sentinel2_l2a)"}
     for name, r in m["protocols"].items():
         assert math.isfinite(r["accuracy"]) and math.isfinite(r["macro_f1"])
         assert 0 <= r["accuracy"] <= 1
@@ -73,10 +74,19 @@ def test_missing_manifest_and_bad_keys(capsys, tmp_path, tiny_export):
 
 def test_sensor_without_statistics(capsys, tmp_path, small_dataset, make_export):
     other = make_export(tmp_path / "other", {"landsat9": {"bands": ["B4"], "wavelengths_nm": [655.0],
-                                                          "mean": [0.1], "std": [0.1], "gsd_m": 30.0}})
-    rc, _, err = run_cli(capsys, QUICKSTART, f"model.export={other}",
-                         f"data.path={small_dataset}", "--quiet")
+                                                          "mean": [0.1], "std": [0.1], "gsd_m": 30.0,
+                                                          "units": "surface reflectance"}})
+    # export statistics demanded: a clear error naming the sensor
+    rc, _, err = run_cli(capsys, QUICKSTART, f"model.export={other}", f"data.path={small_dataset}",
+                         "data.normalization=export", "--quiet")
     assert rc == 2 and "sentinel2_l2a" in err and "normalisation" in err
+    # auto: no matching band in the export, so every band is standardised with training-split statistics
+    out = tmp_path / "out"
+    rc, _, err = run_cli(capsys, QUICKSTART, f"model.export={other}", f"data.path={small_dataset}",
+                         f"output.path={out}", "protocols=[knn]", *FAST)
+    assert rc == 0, err
+    norm = json.loads((out / "metrics.json").read_text())["normalization"]
+    assert {n["source"] for n in norm} == {"training split"} and len(norm) == 12
 
 
 def test_help_lists_every_key(capsys):
@@ -92,4 +102,4 @@ def test_help_lists_every_key(capsys):
 def test_bundled_recipes_load(name):
     cfg = load_recipe(FinetuneConfig, CONFIGS / f"{name}.yaml")
     assert cfg.model.export == f"runs/{name}/export" and cfg.data.path == f"runs/{name}/data"
-    assert cfg.protocols == ["linear_probe", "finetune"] and cfg.data.labels == "ndvi_cover"
+    assert cfg.protocols == ["linear_probe", "knn", "finetune"] and cfg.data.labels == "ndvi_cover"

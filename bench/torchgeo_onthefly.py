@@ -1,7 +1,7 @@
 """The on-the-fly comparison for bench/loader_throughput.py, run in a SEPARATE environment with torchgeo:
 
   python -m venv /tmp/tgvenv && /tmp/tgvenv/bin/pip install torchgeo
-  /tmp/tgvenv/bin/python bench/torchgeo_onthefly.py WORKDIR [--samples 256] [--out FILE]
+  /tmp/tgvenv/bin/python bench/torchgeo_onthefly.py WORKDIR [--samples 256] [--only s2_128|enmap_64] [--out FILE]
 
 WORKDIR is the --workdir of loader_throughput.py (its source products). Reads the same kinds of
 samples the way torchgeo's RasterDataset with a RandomGeoSampler does: random windows read and
@@ -57,14 +57,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workdir")
     ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--only", choices=["s2_128", "enmap_64"], default=None, help="one workload only")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     work = Path(args.workdir)
     import torchgeo
     s2_product = sorted((work / "s2_src").iterdir())[0]         # one product: one CRS, as RasterDataset needs
-    result = {"torchgeo": torchgeo.__version__,
-              "s2_128/on_the_fly": rate(S2Folder(paths=[str(s2_product)], res=10.0), 128, args.samples),
-              "enmap_64/on_the_fly": rate(EnMAPPatch(paths=[str(work / "enmap_src")]), 64, args.samples)}
+    result = {"torchgeo": torchgeo.__version__}
+    if args.only in (None, "s2_128"):
+        result["s2_128/on_the_fly"] = rate(S2Folder(paths=[str(s2_product)], res=10.0), 128, args.samples)
+    if args.only in (None, "enmap_64"):
+        result["enmap_64/on_the_fly"] = rate(EnMAPPatch(paths=[str(work / "enmap_src")]), 64, args.samples)
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -51,15 +51,54 @@ def meta_json(sample: dict) -> bytes:
     return json.dumps(meta, sort_keys=True).encode()
 
 
-def decode(files: dict[str, bytes], key: str) -> dict:
-    """Inverse of encode. `files` maps extension -> bytes."""
+_NPY_HEADERS: dict[bytes, tuple] = {}   # header bytes -> (dtype, shape, fortran, data offset)
+
+
+def _npy(buf, key: str, name: str) -> np.ndarray:
+    """A `.npy` payload -> array. A view of `buf` (no copy; writable when `buf` is a bytearray);
+    headers are parsed once per distinct header (a shard repeats a handful of them)."""
+    view = memoryview(buf)
+    if bytes(view[:6]) != b"\x93NUMPY":
+        raise SampleError(f"sample {key}: {name} is not a .npy payload")
+    major = view[6]
+    start = 10 if major == 1 else 12
+    length = int.from_bytes(view[8:start], "little")
+    header = bytes(view[:start + length])
+    parsed = _NPY_HEADERS.get(header)
+    if parsed is None:
+        shape, fortran, dtype = _parse_header(header, major)
+        if dtype.hasobject:
+            raise SampleError(f"sample {key}: {name} holds Python objects (refused)")
+        parsed = (dtype, shape, fortran, len(header))
+        if len(_NPY_HEADERS) < 4096:
+            _NPY_HEADERS[header] = parsed
+    dtype, shape, fortran, offset = parsed
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(view) - offset < count * dtype.itemsize:
+        raise SampleError(f"sample {key}: {name} is truncated ({len(view) - offset} bytes for shape {shape})")
+    a = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+    return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+
+
+def _parse_header(header: bytes, major: int) -> tuple:
+    stream = io.BytesIO(header)
+    np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    return read(stream)
+
+
+def decode(files: dict, key: str) -> dict:
+    """Inverse of encode. `files` maps extension -> bytes (or bytearray: then the arrays are
+    writable views of it, without a copy)."""
     try:
-        image = np.load(io.BytesIO(files["image.npy"]), allow_pickle=False)
-        valid = np.load(io.BytesIO(files["valid.npy"]), allow_pickle=False)
+        image = _npy(files["image.npy"], key, "image.npy")
+        valid = _npy(files["valid.npy"], key, "valid.npy")
         meta = json.loads(files["json"])
     except KeyError as err:
         raise SampleError(f"sample {key}: missing entry {err.args[0]}") from None
     except ValueError as err:
+        if isinstance(err, SampleError):
+            raise
         raise SampleError(f"sample {key}: cannot decode: {err}") from None
     sample = {"key": key, "image": image, "valid": valid, **meta}
     check(sample)

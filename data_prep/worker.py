@@ -106,8 +106,9 @@ def process_unit(unit: dict, cfg: PrepConfig, streams: dict, ledger: Ledger, out
                 key = (scene.sensor, sample["image"].shape)
                 if key not in streams:
                     prefix = stream_prefix(scene.sensor, sample["image"].shape, part, worker)
+                    options = {"compression": cfg.output.zarr_compression} if cfg.output.format == "zarr" else {}
                     writer = WRITERS[cfg.output.format](out, prefix, int(cfg.output.target_shard_mb * 2**20),
-                                                        ledger.next_index(prefix))
+                                                        ledger.next_index(prefix), **options)
                     streams[key] = Stream(writer)
                 stream = streams[key]
                 stream.writer.begin()

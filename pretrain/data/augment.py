@@ -167,6 +167,21 @@ def _crop_centre_lonlat(lonlat: torch.Tensor, d_col: float, d_row: float, gsd_m:
     return torch.tensor([new_lon, max(-90.0, min(90.0, new_lat))], dtype=lonlat.dtype)
 
 
+def draw_flips_rot90(spec: AugmentSpec, gen: torch.Generator, square: bool) -> tuple[list[int], int]:
+    """The flip and rotation draws, in this order: horizontal flip, vertical flip, k.
+    Returns (dims to flip among [-1, -2], k quarter turns counter-clockwise in the (-2, -1) plane)."""
+    dims: list[int] = []
+    if spec.flips:
+        if _uniform(gen) < 0.5:
+            dims.append(-1)
+        if _uniform(gen) < 0.5:
+            dims.append(-2)
+    k = 0
+    if spec.rot90:
+        k = _randint(gen, 4) if square else 2 * _randint(gen, 2)
+    return dims, k
+
+
 def augment(sample: dict, spec: AugmentSpec, gen: torch.Generator) -> dict:
     """One sample -> a new, augmented sample dict (input tensors are never modified).
 
@@ -204,19 +219,11 @@ def augment(sample: dict, spec: AugmentSpec, gen: torch.Generator) -> dict:
             out["lonlat"] = _crop_centre_lonlat(sample["lonlat"], d_col, d_row, float(gsd))
 
     # 2. flips (draws: h, v), 3. rotation (draw: k)
-    dims: list[int] = []
-    if spec.flips:
-        if _uniform(gen) < 0.5:
-            dims.append(-1)
-        if _uniform(gen) < 0.5:
-            dims.append(-2)
+    dims, k = draw_flips_rot90(spec, gen, square=image.shape[-1] == image.shape[-2])
     if dims:
         image, valid = torch.flip(image, dims), torch.flip(valid, dims)
-    if spec.rot90:
-        square = image.shape[-1] == image.shape[-2]
-        k = _randint(gen, 4) if square else 2 * _randint(gen, 2)
-        if k:
-            image, valid = torch.rot90(image, k, (-2, -1)), torch.rot90(valid, k, (-2, -1))
+    if k:
+        image, valid = torch.rot90(image, k, (-2, -1)), torch.rot90(valid, k, (-2, -1))
 
     # 4. noise on valid pixels (normalised units)
     if spec.noise_std > 0:

@@ -10,7 +10,6 @@ mixes band sets. Shards are opened through fsspec, so any fsspec URL works.
 from __future__ import annotations
 
 import random
-from datetime import datetime
 from typing import Iterator
 
 import fsspec
@@ -22,13 +21,10 @@ from data_prep import manifest as manifest_mod
 from data_prep.sample import decode, physical
 from data_prep.tario import iter_tar_samples
 from data_prep.zarr_io import iter_zarr_shard
+from pretrain.data.assemble import Assembler, epoch_days
 from pretrain.data.augment import AugmentSpec, augment, sample_generator
 from pretrain.data.normalize import normalization_table, normalize
 from pretrain.data.partition import shards_for_worker
-
-
-def _epoch_days(iso: str) -> float:
-    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").timestamp() / 86400.0
 
 
 def to_tensors(sample: dict, norm: dict, stored: bool = False) -> dict:
@@ -48,7 +44,7 @@ def to_tensors(sample: dict, norm: dict, stored: bool = False) -> dict:
         "valid": torch.from_numpy(np.ascontiguousarray(sample["valid"])),      # (T, H, W)
         "wavelengths_nm": torch.tensor(sample["wavelengths_nm"], dtype=torch.float32),  # (C,)
         "gsd_m": torch.tensor(float(sample["gsd_m"])),
-        "times": torch.tensor([_epoch_days(t) for t in sample["times"]], dtype=torch.float64),  # (T,) days since 1970
+        "times": torch.tensor([epoch_days(t) for t in sample["times"]], dtype=torch.float64),  # (T,) days since 1970
         "lonlat": torch.tensor(sample["lonlat"], dtype=torch.float32),         # (2,)
         **({"landcover": torch.tensor(sample["landcover"]["fractions"], dtype=torch.float32)}   # (K,)
            if sample.get("landcover") else {}),
@@ -92,24 +88,13 @@ def collate(samples: list[dict]) -> dict:
 
 
 class Item:
-    """One sample waiting in a shuffle buffer: its batching group and its still-encoded payload."""
+    """One decoded sample waiting in a shuffle buffer (its arrays are views of the read payload)."""
 
-    __slots__ = ("key", "group", "epoch", "files", "sample")
+    __slots__ = ("key", "group", "epoch", "sample")
 
-    def __init__(self, key: str, group: tuple, epoch: int, files: dict | None = None, sample: dict | None = None):
-        self.key, self.group, self.epoch, self.files, self.sample = key, group, epoch, files, sample
-
-
-def _tar_group(files: dict) -> tuple:
-    """(sensor, image shape) from the JSON and the .npy header, without decoding pixels."""
-    import io
-    import json
-
-    head = io.BytesIO(files["image.npy"])
-    version = np.lib.format.read_magic(head)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape = read_header(head)[0]
-    return json.loads(files["json"])["sensor"], tuple(shape)
+    def __init__(self, key: str, epoch: int, sample: dict):
+        self.key, self.epoch, self.sample = key, epoch, sample
+        self.group = (sample["sensor"], sample["image"].shape)     # batches never mix these
 
 
 def batches_before(consumed: int, worker: int, workers: int) -> int:
@@ -137,6 +122,7 @@ class ShardStream(IterableDataset):
         self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
         self.shuffle_buffer, self.start_epoch, self.skip_batches = shuffle_buffer, start_epoch, skip_batches
         self.augment = augment_spec
+        self._assembler: Assembler | None = None
 
     def _items(self, worker: int, workers: int) -> Iterator[Item]:
         epoch = self.start_epoch
@@ -144,29 +130,24 @@ class ShardStream(IterableDataset):
             for i in shards_for_worker(len(self.urls), self.rank, self.world, worker, workers, epoch, self.seed):
                 if self.records[i].get("format") == "zarr":
                     for key, sample in iter_zarr_shard(self.url, self.records[i]["path"]):
-                        yield Item(key, (sample["sensor"], sample["image"].shape), epoch, sample=sample)
+                        yield Item(key, epoch, sample)
                     continue
                 with fsspec.open(self.urls[i], "rb") as f:
                     for key, files in iter_tar_samples(f, self.urls[i]):
-                        yield Item(key, _tar_group(files), epoch, files=files)
+                        yield Item(key, epoch, decode(files, key))     # views, no pixel copy
             epoch += 1
 
-    def _tensors(self, item: Item) -> dict:
+    def _batch(self, items: list[Item]) -> dict:
         # Integers leave the worker unless an augmentation needs floats (resample, noise): half
         # the bytes to copy, and the normalisation runs on the accelerator (normalize_batch).
         spec = self.augment
-        as_stored = spec is None or (not spec.crop and not spec.out_size and not spec.noise_std)
-        sample = item.sample if item.sample is not None else decode(item.files, item.key)
-        t = to_tensors(sample, self.norm, stored=as_stored)
-        if spec is None or spec.is_identity:
-            return t
-        if as_stored:                  # flips/rotations only: the same draws, on the integers
-            flipped = augment({**t, "image": t.pop("stored")}, spec,
-                              sample_generator(self.seed, item.key, epoch=item.epoch))
-            flipped["stored"] = flipped.pop("image")
-            return flipped
+        if spec is None or not (spec.crop or spec.out_size or spec.noise_std):
+            if self._assembler is None:
+                self._assembler = Assembler(self.norm, spec, self.seed)
+            return self._assembler([it.sample for it in items], [it.epoch for it in items])
         # a pure function of (seed, epoch, key): the same whatever the worker count or order
-        return augment(t, self.augment, sample_generator(self.seed, item.key, epoch=item.epoch))
+        return collate([augment(to_tensors(it.sample, self.norm), spec,
+                                sample_generator(self.seed, it.key, epoch=it.epoch)) for it in items])
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -190,7 +171,7 @@ class ShardStream(IterableDataset):
                 if skip:
                     skip -= 1                  # consumed before the restart: replayed, not decoded
                 else:
-                    yield collate([self._tensors(it) for it in group])
+                    yield self._batch(group)
                 group.clear()
 
 

@@ -122,3 +122,44 @@ def test_stored_batches_normalise_like_the_float_path(dataset):
     as_int = normalize_batch(collate([to_tensors(s, norm, stored=True) for s in samples]))
     assert torch.allclose(as_float["image"], as_int["image"], atol=1e-5)
     assert torch.equal(as_float["valid"], as_int["valid"])
+
+
+@pytest.mark.parametrize("spec", [None, {"flips": False, "rot90": False}, {}, {"flips": True, "rot90": False}])
+def test_assembler_matches_the_general_path(dataset, spec):
+    """The one-copy batch assembly gives exactly what per-sample tensors + augment + collate give."""
+    from data_prep.manifest import read
+    from data_prep.sample import decode
+    from data_prep.tario import iter_tar_samples
+    from pretrain.data.assemble import Assembler
+    from pretrain.data.augment import AugmentSpec, augment, sample_generator
+    from pretrain.data.normalize import normalization_table
+    from pretrain.data.webdataset import collate, to_tensors
+    spec = None if spec is None else AugmentSpec(**spec)
+    norm = normalization_table(read(dataset))
+    rec = read(dataset)["shards"][0]
+    with open(f"{dataset}/{rec['path']}", "rb") as f:
+        samples = [decode(files, k) for k, files in itertools.islice(iter_tar_samples(f), 8)]
+    epochs = [0, 1, 2, 3, 0, 1, 2, 3]
+    got = Assembler(norm, spec, seed=5)(samples, epochs)
+    ref = []
+    for s, e in zip(samples, epochs):
+        t = to_tensors(s, norm, stored=True)
+        if spec is not None:
+            t = augment({**t, "image": t.pop("stored")}, spec, sample_generator(5, s["key"], epoch=e))
+            t["stored"] = t.pop("image")
+        ref.append(t)
+    ref = collate(ref)
+    assert set(got) == set(ref)
+    for k in ref:
+        if isinstance(ref[k], torch.Tensor):
+            assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]), k
+        else:
+            assert got[k] == ref[k], k
+    if spec is not None and spec.rot90:      # the draws really turned some chips
+        assert not torch.equal(got["stored"], collate([to_tensors(s, norm, stored=True) for s in samples])["stored"])
+
+
+def test_worker_batches_are_allocated_in_shared_memory(dataset):
+    loader = make_loader(dataset, batch_size=4, rank=0, world=1, seed=0, num_workers=1, shuffle_buffer=4)
+    batch = next(iter(loader))
+    assert batch["stored"].shape == (4, 1, 12, 32, 32) and batch["stored"].is_shared()

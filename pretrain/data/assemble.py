@@ -1,0 +1,116 @@
+"""Batch assembly for the stored-integer path: decoded samples -> one batch, one copy per pixel.
+
+The general path (`to_tensors` per sample, `augment`, `collate`) copies each chip three times
+(to a tensor, through flip/rot90, into the stacked batch) and builds a dozen small tensors per
+sample. When the augmentation is geometry-only (flips, 90-degree turns) the flip and the turn
+are strided numpy views, so each sample can be written straight into its slot of a batch array
+allocated once: the only copy of the pixels. The draws are the same as `augment`'s
+(`draw_flips_rot90` from `sample_generator(seed, key, epoch)`), so both paths give identical
+batches (tested).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from pretrain.data.augment import AugmentSpec, draw_flips_rot90, sample_generator
+
+
+def epoch_days(iso: str) -> float:
+    """'YYYY-MM-DDTHH:MM:SSZ' -> days since 1970-01-01 (UTC)."""
+    return float(np.datetime64(iso.rstrip("Z"), "s").astype(np.int64)) / 86400.0
+
+
+def batch_array(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised numpy array backed by a torch tensor. In a DataLoader worker the storage
+    is allocated in shared memory, as torch's default_collate does, so sending the batch to the
+    training process does not copy it once more."""
+    tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=tdtype).numpy()
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * tdtype.itemsize)
+    return torch.empty(0, dtype=tdtype).set_(storage, 0, shape).numpy()
+
+
+class Assembler:
+    """Builds batches from decoded samples of one sensor and shape.
+
+    Output (same contract as `collate` over `to_tensors(stored=True)`):
+      stored (B,T,C,H,W) stored integers, affine (B,2,C) float32 (normalised = stored*a + b),
+      valid (B,T,H,W) bool, wavelengths_nm (B,C) float32, gsd_m (B,) float32, times (B,T) float64,
+      lonlat (B,2) float32, landcover (B,K) float32 when every sample has it, key list, sensor str.
+    """
+
+    def __init__(self, norm: dict, spec: AugmentSpec | None, seed: int):
+        if spec is not None and (spec.crop or spec.out_size or spec.noise_std):
+            raise ValueError("Assembler handles geometry-only augmentation (flips, rot90)")
+        self.norm, self.spec, self.seed = norm, spec, seed
+        self._affine: dict[tuple, np.ndarray] = {}     # (sensor, scale, offset) -> (2, C) float32
+        self._days: dict[str, float] = {}
+
+    def affine(self, sample: dict) -> np.ndarray:
+        key = (sample["sensor"], tuple(sample["scale"]), tuple(sample["offset"]))
+        out = self._affine.get(key)
+        if out is None:
+            stats = self.norm[sample["sensor"]]
+            mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
+            scale, offset = np.asarray(key[1], np.float64), np.asarray(key[2], np.float64)
+            out = self._affine[key] = np.stack([scale / std, (offset - mean) / std]).astype(np.float32)
+        return out
+
+    def days(self, iso: str) -> float:
+        d = self._days.get(iso)
+        if d is None:
+            d = self._days[iso] = epoch_days(iso)
+        return d
+
+    def _geometry(self, key: str, epoch: int, square: bool) -> tuple[list[int], int]:
+        spec = self.spec
+        if spec is None or not (spec.flips or spec.rot90):
+            return [], 0
+        return draw_flips_rot90(spec, sample_generator(self.seed, key, epoch=epoch), square)
+
+    def __call__(self, samples: list[dict], epochs: list[int]) -> dict:
+        first = samples[0]
+        n, (t, c, h, w) = len(samples), first["image"].shape
+        stored = batch_array((n, t, c, h, w), first["image"].dtype)
+        valid = batch_array((n, t, h, w), np.dtype(bool))
+        wavelengths = np.empty((n, c), np.float32)
+        gsd = np.empty(n, np.float32)
+        times = np.empty((n, t), np.float64)
+        lonlat = np.empty((n, 2), np.float32)
+        affine = np.empty((n, 2, c), np.float32)
+        with_lc = all(s.get("landcover") for s in samples)
+        landcover = [] if with_lc else None
+        bands = self.norm[first["sensor"]]["bands"]
+        for i, (s, epoch) in enumerate(zip(samples, epochs)):
+            if s["bands"] != bands:
+                raise ValueError(f"sample {s['key']}: bands {s['bands']} differ from the manifest's {bands}")
+            img, ok = s["image"], s["valid"]
+            dims, k = self._geometry(s["key"], epoch, square=h == w)
+            if dims:
+                img, ok = np.flip(img, dims), np.flip(ok, dims)
+            if k:
+                img, ok = np.rot90(img, k, axes=(-2, -1)), np.rot90(ok, k, axes=(-2, -1))
+            stored[i] = img                                        # the one copy of the pixels
+            valid[i] = ok
+            wavelengths[i] = s["wavelengths_nm"]
+            gsd[i] = s["gsd_m"]
+            times[i] = [self.days(x) for x in s["times"]]
+            lonlat[i] = s["lonlat"]
+            affine[i] = self.affine(s)
+            if with_lc:
+                landcover.append(s["landcover"]["fractions"])
+        out = {
+            "valid": torch.from_numpy(valid), "wavelengths_nm": torch.from_numpy(wavelengths),
+            "gsd_m": torch.from_numpy(gsd), "times": torch.from_numpy(times), "lonlat": torch.from_numpy(lonlat),
+            "stored": torch.from_numpy(stored), "affine": torch.from_numpy(affine),
+        }
+        if with_lc:
+            out["landcover"] = torch.tensor(landcover, dtype=torch.float32)
+        out["key"] = [s["key"] for s in samples]
+        out["sensor"] = first["sensor"]
+        return out

@@ -152,8 +152,8 @@ class SelectiveMAE(nn.Module):
             raw = None
             if self.score == "gradient":
                 image, valid = x.flat_images()
-                raw = x.flat_tokens(gradient_score(image, valid, self.backbone.patch_size))
-                raw = raw.reshape(tokens.shape[0], n)
+                # per frame (B*T, L) -> per sample (B', N): frame-major, like the tokens
+                raw = gradient_score(image, valid, self.backbone.patch_size).reshape(tokens.shape[0], n)
             logits = score_logits(raw, (tokens.shape[0], n), self.score_temperature, tokens.device)
             mix = expansion_mix(self.progress, self.expansion, self.curriculum)
             return select_tokens(logits, tokens, keep, recon, mix)

@@ -120,3 +120,88 @@ def test_spectral_linear_shapes():
     head = SpectralLinear(16, 4, rank=2, wave_dim=8)
     y = head(torch.randn(3, 5, 16), torch.tensor([500.0, 800.0, 1600.0]))
     assert y.shape == (3, 5, 3, 4)
+
+
+def test_series_input_is_frame_major_and_one_frame_equals_an_image():
+    m = tiny().eval()
+    x, wl, gsd = inputs(4)
+    f1 = m.forward_features(x, wl, gsd)
+    f5 = m.forward_features(x[:, None], wl, gsd)               # (B, 1, C, H, W)
+    assert torch.allclose(f1["tokens"], f5["tokens"], atol=1e-5)
+    series = torch.stack([x, x.flip(-1), x * 0.5], 1)           # (B, 3, C, H, W)
+    f = m.forward_features(series, wl, gsd)
+    assert f["tokens"].shape == (2, 3 * 16, 192)
+    swapped = m.forward_features(series[:, [1, 0, 2]], wl, gsd)["tokens"].view(2, 3, 16, -1)
+    # frame order is encoded: swapping two frames is not just a permutation of the tokens
+    assert not torch.allclose(swapped[:, 1], f["tokens"].view(2, 3, 16, -1)[:, 0], atol=1e-4)
+
+
+def test_time_and_location_codes():
+    m = tiny(time_loc=True).eval()
+    x, wl, gsd = inputs(4)
+    times, lonlat = torch.tensor([19000.0, 19180.0], dtype=torch.float64), torch.tensor([[10.0, 45.0], [-60.0, -5.0]])
+    plain = m(x, wl, gsd)
+    with_meta = m(x, wl, gsd, times=times, lonlat=lonlat)
+    assert not torch.allclose(plain, with_meta, atol=1e-5)
+    assert not torch.allclose(with_meta, m(x, wl, gsd, times=times + 90, lonlat=lonlat), atol=1e-5)
+    assert not torch.allclose(with_meta, m(x, wl, gsd, times=times, lonlat=lonlat + 5), atol=1e-5)
+    assert torch.allclose(plain, tiny(time_loc=False).eval()(x, wl, gsd, times=times, lonlat=lonlat))
+    # Season and longitude are cyclic: 31 Dec is next to 1 Jan, -180° is 180°.
+    from pretrain.models.pos_embed import location_code, time_code
+    new_year = torch.tensor([19357.9, 19358.1, 19358.1 + 182], dtype=torch.float64)   # around 2023-01-01
+    season = time_code(new_year, 64)[:, 32:]
+    assert (season[0] - season[1]).norm() < 0.2 * (season[0] - season[2]).norm()
+    assert torch.allclose(location_code(torch.tensor([[-180.0, 3.0]]), 32), location_code(torch.tensor([[180.0, 3.0]]), 32), atol=1e-5)
+    # Series: one date per frame; the learned scales get gradients.
+    m.train()
+    series = torch.stack([x, x], 1)
+    out = m(series, wl, gsd, times=torch.tensor([[19000.0, 19030.0]] * 2), lonlat=lonlat)
+    out.sum().backward()
+    assert m.time_scale.grad.abs() > 0 and m.loc_scale.grad.abs() > 0
+    with pytest.raises(ValueError, match="dates per sample"):
+        m(series, wl, gsd, times=times, lonlat=lonlat)
+
+
+def test_metadata_dropout_only_in_training():
+    m = tiny(time_loc=True, meta_drop_rate=1.0)
+    x, wl, gsd = inputs(4)
+    meta = dict(times=torch.tensor([19000.0, 19100.0]), lonlat=torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    m.train()
+    assert torch.allclose(m.embed(x, wl, gsd, **meta), m.embed(x, wl, gsd))
+    m.eval()
+    assert not torch.allclose(m.embed(x, wl, gsd, **meta), m.embed(x, wl, gsd))
+
+
+def test_grad_checkpointing_same_values_and_grads():
+    x, wl, gsd = inputs(6)
+    grads = []
+    for ckpt in (False, True):
+        m = tiny()
+        m.set_grad_checkpointing(ckpt)
+        m.train()
+        out = m(x, wl, gsd)
+        out.square().sum().backward()
+        grads.append((out.detach(), m.blocks[0].attn.qkv.weight.grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["mae", "selective_mae"])
+@pytest.mark.parametrize("size", list(SIZES))
+def test_every_size_with_every_mim_objective(size, objective):
+    """Real widths and heads of every size (depth 1 and 64 px chips keep large/huge fast on CPU)."""
+    from pretrain.objectives import build_objective
+
+    torch.manual_seed(0)
+    bb = build_backbone("vit", size, depth=1, patch_size=16)
+    assert (bb.embed_dim, bb.num_heads) == (SIZES[size]["embed_dim"], SIZES[size]["num_heads"])
+    obj = build_objective(objective, bb, decoder_dim=512, decoder_depth=1, decoder_heads=16)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(2, 1, 5, 64, 64, generator=g), "valid": torch.ones(2, 1, 64, 64, dtype=torch.bool),
+             "wavelengths_nm": torch.tensor([490.0, 560.0, 665.0, 842.0, 1610.0]).expand(2, 5),
+             "gsd_m": torch.tensor([10.0, 30.0])}
+    out = obj(batch)
+    assert torch.isfinite(out["loss"]) and out["loss"] > 0
+    out["loss"].backward()
+    missing = [n for n, p in obj.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not missing

@@ -243,3 +243,13 @@ class ExactOnce(IterableDataset):
         finally:
             for cursor in cursors.values():
                 cursor.close()
+
+
+def make_eval_loader(dataset_url: str, batch_size: int, rank: int, world: int, num_workers: int = 0,
+                     start_method: str = "spawn") -> torch.utils.data.DataLoader:
+    """A DataLoader giving every sample of the dataset exactly once over all ranks (evaluation,
+    embedding the dataset for curation): batches as `ExactOnce` yields them, the same count on
+    every rank, filler slots marked in `pad`."""
+    kwargs = {"multiprocessing_context": start_method} if num_workers > 0 else {}
+    return torch.utils.data.DataLoader(ExactOnce(dataset_url, rank, world, batch_size), batch_size=None,
+                                       num_workers=num_workers, **kwargs)

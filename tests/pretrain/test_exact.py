@@ -20,7 +20,7 @@ from data_prep.cli import main as prep
 from data_prep.sample import decode
 from data_prep.tario import iter_tar_samples
 from pretrain.data import exact as exact_mod
-from pretrain.data.exact import PAD, ExactOnce, exact_once_plan, stream_of
+from pretrain.data.exact import PAD, ExactOnce, exact_once_plan, make_eval_loader, stream_of
 from pretrain.data.normalize import normalization_table
 from pretrain.data.webdataset import to_tensors
 from pretrain.data.zarr_dataset import ZarrSamples
@@ -228,7 +228,7 @@ def test_exact_once_dataloader_workers_keep_plan_order(datasets):
     ds = ExactOnce(datasets["webdataset"], rank=0, world=1, batch_size=20)     # 7 batches, 2 workers
     assert ds.batch_ids(0, 2) == [0, 2, 4, 6] and ds.batch_ids(1, 2) == [1, 3, 5]
     direct = [b["key"] for b in ds]
-    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+    loader = make_eval_loader(datasets["webdataset"], batch_size=20, rank=0, world=1, num_workers=2)
     via_workers = [(b["key"], b["pad"].tolist()) for b in loader]
     assert [k for k, _ in via_workers] == direct
     assert sum(not p for _, pads in via_workers for p in pads) == 128

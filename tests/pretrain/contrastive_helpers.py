@@ -1,0 +1,83 @@
+"""Shared by the contrastive objective tests: tiny objectives, synthetic multi-date batches, view
+slicing for the rank-equality test, and real SSL4EO-S12 shards (with and without land cover)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pretrain.models import build_backbone
+from pretrain.objectives import build_objective
+
+P, SIZE, C = 8, 32, 6
+SMALL = dict(proj_hidden_dim=32, proj_dim=16)
+
+
+def tiny_objective(name: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    bb = build_backbone("vit", "tiny", embed_dim=32, num_heads=2, depth=1, patch_size=P)
+    return build_objective(name, bb, **{**SMALL, **kw})
+
+
+def make_batch(b: int = 4, t: int = 3, k: int = 5, seed: int = 1, valid_p: float = 0.95) -> dict:
+    """Smooth random multi-date scenes: each location has its own pattern, dates differ by a
+    per-date gain and noise (so places are told apart by content, not by date)."""
+    g = torch.Generator().manual_seed(seed)
+    place = torch.randn(b, 1, C, SIZE // 4, SIZE // 4, generator=g)
+    date = 1 + 0.2 * torch.randn(b, t, C, 1, 1, generator=g)
+    base = place * date + 0.1 * torch.randn(b, t, C, SIZE // 4, SIZE // 4, generator=g)
+    image = torch.nn.functional.interpolate(base.flatten(0, 1), size=(SIZE, SIZE), mode="bilinear")
+    image = image.view(b, t, C, SIZE, SIZE)
+    valid = torch.rand(b, t, SIZE, SIZE, generator=g) < valid_p
+    lc = torch.rand(b, k, generator=g) ** 3
+    return {
+        "image": image * valid[:, :, None], "valid": valid,
+        "wavelengths_nm": torch.linspace(490.0, 2190.0, C).expand(b, C),
+        "gsd_m": torch.full((b,), 10.0), "times": torch.arange(t, dtype=torch.float64).expand(b, t) * 90,
+        "lonlat": torch.zeros(b, 2), "landcover": lc / lc.sum(1, keepdim=True),
+        "key": [f"k{i}" for i in range(b)], "sensor": "test",
+    }
+
+
+def slice_views(views: dict, start: int, stop: int) -> dict:
+    """Rows start:stop of every per-sample tensor (keys: (V, B, ...) sliced on dim 1)."""
+    out = {}
+    for name, v in views.items():
+        if name in ("keys", "keys_gsd"):
+            out[name] = v[:, start:stop]
+        elif name == "wavelengths":
+            out[name] = v
+        else:
+            out[name] = v[start:stop]
+    return out
+
+
+def derived_landcover(products: list[Path], out: Path) -> Path:
+    """A land-cover raster on the SSL4EO-S12 products' own grid, derived from their pixels
+    (Dynamic World codes): water (NDWI > 0.1), trees (NDVI > 0.5), crops (NDVI 0.3-0.5), grass
+    (NDVI 0.2-0.3), bare (NDVI < 0.2 and bright), built (the rest). The real test data has no
+    land-cover map over these products (BigEarthNet's CORINE map covers another patch), so the
+    SoftCon tests use these derived labels: crude, but real per-scene label vectors that differ
+    between chips."""
+    import rasterio
+
+    def band(name):
+        with rasterio.open(products[0] / f"{name}.tif") as src:
+            return src.read(1).astype(np.float32), src.profile
+    red, profile = band("B4")
+    green, _ = band("B3")
+    nir, _ = band("B8")
+    ndvi = (nir - red) / np.maximum(nir + red, 1)
+    ndwi = (green - nir) / np.maximum(green + nir, 1)
+    cls = np.full(red.shape, 6, np.uint8)                   # built
+    cls[(ndvi < 0.2) & (red > np.percentile(red, 50))] = 7   # bare
+    cls[(ndvi >= 0.2) & (ndvi < 0.3)] = 2                    # grass
+    cls[(ndvi >= 0.3) & (ndvi < 0.5)] = 4                    # crops
+    cls[ndvi >= 0.5] = 1                                     # trees
+    cls[ndwi > 0.1] = 0                                      # water
+    profile.update(count=1, dtype="uint8", nodata=255, driver="GTiff")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(cls, 1)
+    return out

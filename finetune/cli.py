@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     from data_prep.manifest import ManifestError
     from finetune import FinetuneError
     try:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(report["protocols"].values()))
     print(f"{report['task']}: {report['n_samples']} samples ({report['split']['method']} split; "
           f"train {first['n_train']} at {max(report['label_fractions']):.0%} labels, test {first['n_test']}); "
-          f"classes {report['class_counts']['all'] or report['label_source']['classes']}")
+          f"classes {({k: v for k, v in report['class_counts']['all'].items() if v}) or report['label_source']['classes']}")
     print(table(report))
     print(f"outputs: {cfg.output.path}/metrics.json, confusion_<protocol>.png, config.yaml")
     return 0

@@ -318,12 +318,12 @@ def read_folder(root: str | Path, kind: str, bands: list[str], wavelengths_nm: l
         if kind == "segmentation":
             if y.dtype.kind == "f" and not np.array_equal(y[~bad], np.round(y[~bad])):
                 raise FinetuneError(f"{lab}: segmentation labels must be integers")
-            y = np.where(bad, IGNORE, y).astype(np.int64)
+            y = np.where(bad, IGNORE, y.astype(np.int64))   # int64 first: -1 does not fit uint8
             if classes and y.max(initial=IGNORE) >= len(classes):
                 raise FinetuneError(f"{lab}: label {int(y.max())} but only {len(classes)} classes "
                                     f"(data.folder.classes)")
         else:
-            y = np.where(bad, np.nan, y).astype(np.float32)
+            y = np.where(bad, np.nan, y.astype(np.float32))
         images.append(x)
         valid.append(ok)
         targets.append(y)

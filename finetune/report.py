@@ -20,14 +20,16 @@ def confusion_figure(confusion, classes, title: str, path: str) -> None:
     rows = cm.sum(1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.6 * k + 2.5, 1.4 * k + 1.8))
+    side = min(1.6 * k + 2.5, 16.0)  # 19 BigEarthNet classes still fit a page
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=9 if k <= 10 else 6,
                     color="white" if frac[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), [c.replace("_", "\n") for c in classes])
-    ax.set_yticks(range(k), [c.replace("_", "\n") for c in classes])
+    names = [c if len(c) <= 24 else c[:22] + "…" for c in classes]
+    ax.set_xticks(range(k), [c.replace("_", "\n") for c in names], rotation=90 if k > 6 else 0)
+    ax.set_yticks(range(k), [c.replace("_", "\n") for c in names])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)

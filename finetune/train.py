@@ -168,8 +168,8 @@ def linear_probe(features: torch.Tensor, task: Task, train_idx: np.ndarray, spec
 
 def knn(features: torch.Tensor, task: Task, train_idx: np.ndarray, spec: KnnSpec) -> np.ndarray:
     """Weighted k-NN on L2-normalised pooled features (cosine similarity), each of the k nearest
-    training samples voting with weight exp(similarity / temperature). Classification: summed
-    votes per class (N_test, K); multi-label: the vote-weighted mean of the neighbours' label
+    training samples voting with weight exp(similarity / temperature) (divided by the nearest's
+    weight, which changes no decision). Classification: summed votes per class (N_test, K); multi-label: the vote-weighted mean of the neighbours' label
     vectors (N_test, K), a score in [0, 1] per class."""
     if not task.image_level:
         raise FinetuneError(f"knn needs an image-level task (classification or multilabel), not {task.kind}")
@@ -177,7 +177,7 @@ def knn(features: torch.Tensor, task: Task, train_idx: np.ndarray, spec: KnnSpec
     train, test = f[train_idx], f[task.test_idx]
     k = min(spec.k, len(train_idx))
     sim, nn_idx = (test @ train.T).topk(k, dim=1)                       # (N_test, k)
-    w = (sim / spec.temperature).exp()
+    w = ((sim - sim[:, :1]) / spec.temperature).exp()  # exp(sim / T) up to a per-row factor: no overflow
     y = torch.from_numpy(task.targets[train_idx])
     if task.kind == "classification":
         onehot = F.one_hot(y[nn_idx], len(task.classes)).float()        # (N_test, k, K)
@@ -308,6 +308,11 @@ def run(cfg: FinetuneConfig, progress: bool = True) -> dict:
     device = cfg.device
     encoder, export_cfg = load_backbone(cfg.model.export, device)
     task = load(cfg, export_cfg, progress)
+    h, w = task.images.shape[2:]
+    p = encoder.patch_size
+    if h % p or w % p:
+        raise FinetuneError(f"{cfg.data.path}: images are {h}x{w}, not a multiple of the export's patch size {p}: "
+                            f"set data.tile to a multiple of {p}")
     if "knn" in cfg.protocols and not task.image_level:
         raise FinetuneError(f"protocol knn needs an image-level task; this one is {task.kind} (drop knn from protocols)")
 

@@ -75,3 +75,58 @@ def tiny_export(tmp_path_factory, small_dataset) -> Path:
 
     return make_export(tmp_path_factory.mktemp("ft") / "export", normalization_table(read(str(small_dataset))),
                        seed=1)
+
+
+BEN = SHARED_REAL / "BigEarthNet"
+EUROSAT = SHARED_REAL / "EuroSAT_MS"
+BEN_TILE = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
+BEN_S2_PATCH, BEN_REF_PATCH = f"{BEN_TILE}_75_43", f"{BEN_TILE}_26_57"
+
+
+@pytest.fixture(scope="session")
+def bigearthnet_paired(tmp_path_factory) -> Path:
+    """The real BigEarthNet layout, with the one real S2 patch filed under the patch id of the
+    one real reference map (the shared sample's S2 patch and map are of different places: fine
+    for reader and pipeline tests, meaningless as a benchmark)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("ben")
+    dst = root / "BigEarthNet-S2" / BEN_TILE / BEN_REF_PATCH
+    dst.mkdir(parents=True)
+    for f in (BEN / "BigEarthNet-S2" / BEN_TILE / BEN_S2_PATCH).glob("*.tif"):
+        shutil.copy(f, dst / f.name.replace(BEN_S2_PATCH, BEN_REF_PATCH))
+    shutil.copytree(BEN / "Reference_Maps", root / "Reference_Maps")
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_dataset(tmp_path_factory) -> Path:
+    """Generic folder layout from real pixels: the BigEarthNet S2 10 m bands (B02, B03, B04, B08)
+    stacked into 4-band GeoTIFFs, cut into four 56x56 images (the 120x120 patch's corners), with the real reference map's
+    CORINE codes as class indices (211 -> 0, 231 -> 1, 311 -> 2, 313 -> 3; corner pixels set to
+    255 = ignore), plus the real S1 VV (dB) as a regression label, and a split.csv."""
+    import numpy as np
+    import rasterio
+
+    from tests.fixtures import write_raster
+
+    s2 = BEN / "BigEarthNet-S2" / BEN_TILE / BEN_S2_PATCH
+    bands = ["B02", "B03", "B04", "B08"]
+    stack = np.stack([rasterio.open(s2 / f"{BEN_S2_PATCH}_{b}.tif").read(1) for b in bands])
+    ref = next((BEN / "Reference_Maps").rglob("*_reference_map.tif"))
+    codes = rasterio.open(ref).read(1)
+    classes = np.searchsorted([211, 231, 311, 313], codes).astype(np.uint8)
+    classes[:2, :2] = 255
+    vv = rasterio.open(next((BEN / "BigEarthNet-S1").rglob("*_VV.tif"))).read(1)
+    root = tmp_path_factory.mktemp("folder")
+    rows = []
+    for i, (r, c) in enumerate([(0, 0), (0, 64), (64, 0), (64, 64)]):
+        name = f"img{i}"
+        origin = (390000.0 + 10 * c, 5348400.0 - 10 * r)
+        write_raster(root / "images" / f"{name}.tif", stack[:, r:r + 56, c:c + 56], origin=origin, nodata=0,
+                     descriptions=bands)
+        write_raster(root / "labels" / f"{name}.tif", classes[r:r + 56, c:c + 56], origin=origin)
+        write_raster(root / "values" / f"{name}.tif", vv[r:r + 56, c:c + 56], origin=origin)
+        rows.append(f"{name},{'test' if i == 3 else 'train'}")
+    (root / "split.csv").write_text("id,split\n" + "\n".join(rows) + "\n")
+    return root

@@ -48,3 +48,64 @@ def test_classifier_shapes(head):
     m = model(depth=2, head=head)
     logits = m(torch.randn(2, 4, 16, 16), torch.tensor([490.0, 560.0, 665.0, 833.0]), torch.full((2,), 10.0))
     assert logits.shape == (2, 3)
+
+
+# ---- dense heads and the multi-level adapter ---------------------------------------------------
+
+from finetune.backbone import MultiLevelBackbone, default_layers  # noqa: E402
+from finetune.heads import DECODERS, DenseModel  # noqa: E402
+
+WL = torch.tensor([490.0, 560.0, 665.0, 833.0])
+
+
+def tiny(depth=2, patch=4):
+    torch.manual_seed(0)
+    return build_backbone("vit", "tiny", depth=depth, patch_size=patch, embed_dim=32, num_heads=2)
+
+
+@pytest.mark.parametrize("head", list(DECODERS))
+@pytest.mark.parametrize("num_out", [3, 1])       # segmentation classes / one regression map
+def test_dense_heads_forward_backward(head, num_out):
+    m = DenseModel(tiny(), num_out, head)
+    x = torch.randn(2, 4, 16, 24)
+    y = m(x, WL, torch.full((2,), 10.0))
+    assert y.shape == (2, num_out, 16, 24) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    for name, p in m.head.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert m.encoder.patch_embed.basis.grad is not None                 # gradients reach the encoder
+    assert len(m.layers) == (4 if head == "upernet" else 1)
+
+
+def test_upernet_reads_four_levels_and_refuses_others():
+    m = DenseModel(tiny(depth=4), 2, "upernet")
+    assert m.layers == (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="needs 4 layers"):
+        DenseModel(tiny(depth=4), 2, "upernet", layers=(1, 3))
+
+
+def test_multilevel_backbone_matches_forward_features():
+    enc = tiny(depth=2).eval()
+    bb = MultiLevelBackbone(enc, wavelengths_nm=WL.tolist(), gsd_m=10.0, layers=(0, 1))
+    x = torch.randn(2, 4, 16, 24)
+    maps = bb(x)
+    assert bb.out_channels == [32, 32] and [tuple(m.shape) for m in maps] == [(2, 32, 4, 6)] * 2
+    ref = enc.forward_features(x, WL, 10.0, return_layers=(0, 1))["layers"]
+    for m, t in zip(maps, ref):                   # token (row-major) order -> grid, final-normed
+        assert torch.allclose(m.flatten(2).transpose(1, 2), enc.norm(t), atol=1e-6)
+    # the last level equals the encoder's own final tokens
+    assert torch.allclose(maps[1].flatten(2).transpose(1, 2), enc.forward_features(x, WL, 10.0)["tokens"], atol=1e-5)
+    # another band set per call (e.g. another sensor)
+    assert bb(x[:, :2], wavelengths_nm=WL[:2])[0].shape == (2, 32, 4, 6)
+
+
+def test_default_layers():
+    assert default_layers(12) == (2, 5, 8, 11) and default_layers(24) == (5, 11, 17, 23)
+    assert default_layers(2) == (0, 0, 1, 1) and default_layers(4) == (0, 1, 2, 3)
+
+
+def test_frozen_encoder_groups_only_the_head():
+    m = DenseModel(tiny(), 3, "light")
+    m.encoder.requires_grad_(False)
+    names = [n for g in param_groups(m, 1e-3, 0.05, 0.75) for n in g["names"]]
+    assert names and all(n.startswith("head.") for n in names)

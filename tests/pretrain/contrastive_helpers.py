@@ -81,3 +81,43 @@ def derived_landcover(products: list[Path], out: Path) -> Path:
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(cls, 1)
     return out
+
+
+def load_all(url: str) -> dict:
+    """Every sample of a prepared dataset once, as one normalised batch (one sensor and shape)."""
+    from pretrain.data.exact import make_eval_loader
+    from pretrain.data.webdataset import normalize_batch
+
+    parts = [normalize_batch(b) for b in make_eval_loader(str(url), 64, 0, 1)]
+    keep = [~b["pad"] for b in parts]
+    out = {k: torch.cat([b[k][m] for b, m in zip(parts, keep)]) for k in parts[0]
+           if isinstance(parts[0][k], torch.Tensor) and k not in ("pad", "index")}
+    out["key"] = [k for b, m in zip(parts, keep) for k, keep_it in zip(b["key"], m.tolist()) if keep_it]
+    out["sensor"] = parts[0]["sensor"]
+    return out
+
+
+def take(batch: dict, idx) -> dict:
+    """Rows `idx` (list or tensor of indices) of a batch."""
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    return {k: (v[idx] if isinstance(v, torch.Tensor) else [v[i] for i in idx.tolist()] if isinstance(v, list) else v)
+            for k, v in batch.items()}
+
+
+def chip_column(key: str) -> int:
+    """Grid column of a chip from its key (`..._x<col>_y<row>_...`)."""
+    return int(next(p for p in key.split("_") if p.startswith("x") and p[1:].lstrip("-").isdigit())[1:])
+
+
+def retrieval_top1(emb_a: torch.Tensor, emb_b: torch.Tensor) -> float:
+    """Share of rows i whose nearest row of emb_b (cosine) is row i: date A of a place finds the
+    same place at date B among all places."""
+    a, b = torch.nn.functional.normalize(emb_a, dim=1), torch.nn.functional.normalize(emb_b, dim=1)
+    return float(((a @ b.T).argmax(1) == torch.arange(len(a))).float().mean())
+
+
+if __name__ == "__main__":       # python -m tests.pretrain.contrastive_helpers OUT.tif: derived labels
+    import sys
+
+    from tests.conftest import SSL4EO_S2A
+    print(derived_landcover(sorted(p for p in SSL4EO_S2A.iterdir() if p.is_dir()), Path(sys.argv[1])))

@@ -75,9 +75,11 @@ def stream_of(path: str) -> str:
     return name
 
 
-def exact_once_plan(records: list[dict], world: int, batch_size: int) -> list[list[list[Entry]]]:
+def exact_once_plan(records: list[dict], world: int, batch_size: int,
+                    select: set[int] | None = None) -> list[list[list[Entry]]]:
     """plan[rank] = that rank's batches; a batch = `batch_size` entries (shard index, position),
-    fillers (-1, global index). See the module docstring."""
+    fillers (-1, global index). See the module docstring. `select`: only these global sample
+    indices (a subset, e.g. for curation embeddings); None = all."""
     if world < 1:
         raise ValueError(f"world must be >= 1, got {world}")
     if batch_size < 1:
@@ -94,7 +96,8 @@ def exact_once_plan(records: list[dict], world: int, batch_size: int) -> list[li
 
     batches: list[list[Entry]] = []
     for shard_ids in streams.values():
-        entries = [(s, p) for s in shard_ids for p in range(int(records[s]["samples"]))]
+        entries = [(s, p) for s in shard_ids for p in range(int(records[s]["samples"]))
+                   if select is None or starts[s] + p in select]
         for a in range(0, len(entries), batch_size):
             batch = entries[a:a + batch_size]
             if len(batch) < batch_size:
@@ -149,7 +152,7 @@ class ExactOnce(IterableDataset):
     filler, the index of the sample it copies). len() = this rank's batch count, equal on all
     ranks. Use with DataLoader(ds, batch_size=None, num_workers=W, ...)."""
 
-    def __init__(self, dataset_url: str, rank: int, world: int, batch_size: int):
+    def __init__(self, dataset_url: str, rank: int, world: int, batch_size: int, select: set[int] | None = None):
         if not 0 <= rank < world:
             raise ValueError(f"bad rank {rank} for world size {world}")
         self.url = dataset_root(dataset_url)
@@ -158,7 +161,7 @@ class ExactOnce(IterableDataset):
         self.urls = manifest_mod.shard_urls(self.url, manifest)
         self.norm = normalization_table(manifest)
         self.rank, self.world, self.batch_size = rank, world, batch_size
-        self.plan = exact_once_plan(self.records, world, batch_size)[rank]
+        self.plan = exact_once_plan(self.records, world, batch_size, select)[rank]
         self.starts, total = [], 0
         for r in self.records:
             self.starts.append(total)
@@ -246,10 +249,10 @@ class ExactOnce(IterableDataset):
 
 
 def make_eval_loader(dataset_url: str, batch_size: int, rank: int, world: int, num_workers: int = 0,
-                     start_method: str = "spawn") -> torch.utils.data.DataLoader:
-    """A DataLoader giving every sample of the dataset exactly once over all ranks (evaluation,
-    embedding the dataset for curation): batches as `ExactOnce` yields them, the same count on
-    every rank, filler slots marked in `pad`."""
+                     start_method: str = "spawn", select: set[int] | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader giving every sample of the dataset (or of `select`, global indices) exactly
+    once over all ranks (evaluation, embedding the dataset for curation): batches as `ExactOnce`
+    yields them, the same count on every rank, filler slots marked in `pad`."""
     kwargs = {"multiprocessing_context": start_method} if num_workers > 0 else {}
-    return torch.utils.data.DataLoader(ExactOnce(dataset_url, rank, world, batch_size), batch_size=None,
+    return torch.utils.data.DataLoader(ExactOnce(dataset_url, rank, world, batch_size, select), batch_size=None,
                                        num_workers=num_workers, **kwargs)

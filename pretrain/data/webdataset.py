@@ -113,7 +113,9 @@ class ShardStream(IterableDataset):
 
     def __init__(self, dataset_url: str, batch_size: int, rank: int, world: int, seed: int,
                  shuffle_buffer: int = 256, start_epoch: int = 0, skip_batches: int = 0,
-                 augment_spec: AugmentSpec | None = None):
+                 augment_spec: AugmentSpec | None = None, keep: np.ndarray | None = None):
+        """keep: optional (N,) bool mask over global sample indices (manifest shard order, then
+        position), e.g. a curation keep-list; only those samples are streamed."""
         self.url = dataset_url
         self.manifest = manifest_mod.read(dataset_url)
         self.urls = manifest_mod.shard_urls(dataset_url, self.manifest)
@@ -123,18 +125,42 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.start_epoch, self.skip_batches = shuffle_buffer, start_epoch, skip_batches
         self.augment = augment_spec
         self._assembler: Assembler | None = None
+        counts = [int(r["samples"]) for r in self.records]
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if counts else np.zeros(0, np.int64)
+        self._keep_packed = None
+        self.shards = list(range(len(self.urls)))      # shards holding at least one streamed sample
+        if keep is not None:
+            keep = np.asarray(keep, bool)
+            if keep.shape != (sum(counts),):
+                raise ValueError(f"{dataset_url}: keep mask has shape {keep.shape}, the dataset has {sum(counts)} samples")
+            if not keep.any():
+                raise ValueError(f"{dataset_url}: the keep mask selects no sample")
+            self._keep_packed = np.packbits(keep).tobytes()   # 1 bit per sample to the workers
+            self.shards = [i for i, (a, n) in enumerate(zip(self.starts, counts)) if keep[a:a + n].any()]
+        self._keep: np.ndarray | None = None
+
+    def _kept(self, shard: int, position: int) -> bool:
+        if self._keep_packed is None:
+            return True
+        if self._keep is None:
+            self._keep = np.unpackbits(np.frombuffer(self._keep_packed, np.uint8),
+                                       count=int(self.starts[-1]) + int(self.records[-1]["samples"])).astype(bool)
+        return bool(self._keep[self.starts[shard] + position])
 
     def _items(self, worker: int, workers: int) -> Iterator[Item]:
         epoch = self.start_epoch
         while True:
-            for i in shards_for_worker(len(self.urls), self.rank, self.world, worker, workers, epoch, self.seed):
+            for j in shards_for_worker(len(self.shards), self.rank, self.world, worker, workers, epoch, self.seed):
+                i = self.shards[j]
                 if self.records[i].get("format") == "zarr":
-                    for key, sample in iter_zarr_shard(self.url, self.records[i]["path"]):
-                        yield Item(key, epoch, sample)
+                    for p, (key, sample) in enumerate(iter_zarr_shard(self.url, self.records[i]["path"])):
+                        if self._kept(i, p):
+                            yield Item(key, epoch, sample)
                     continue
                 with fsspec.open(self.urls[i], "rb") as f:
-                    for key, files in iter_tar_samples(f, self.urls[i]):
-                        yield Item(key, epoch, decode(files, key))     # views, no pixel copy
+                    for p, (key, files) in enumerate(iter_tar_samples(f, self.urls[i])):
+                        if self._kept(i, p):
+                            yield Item(key, epoch, decode(files, key))     # views, no pixel copy
             epoch += 1
 
     def _batch(self, items: list[Item]) -> dict:
@@ -177,9 +203,10 @@ class ShardStream(IterableDataset):
 
 def make_loader(dataset_url: str, batch_size: int, rank: int, world: int, seed: int, num_workers: int,
                 shuffle_buffer: int, start_method: str = "spawn", start_epoch: int = 0,
-                skip_batches: int = 0, augment_spec: AugmentSpec | None = None) -> DataLoader:
+                skip_batches: int = 0, augment_spec: AugmentSpec | None = None,
+                keep: np.ndarray | None = None) -> DataLoader:
     stream = ShardStream(dataset_url, batch_size, rank, world, seed, shuffle_buffer, start_epoch, skip_batches,
-                         augment_spec)
+                         augment_spec, keep)
     kwargs = {}
     if num_workers > 0:
         kwargs = {"multiprocessing_context": start_method, "persistent_workers": True, "prefetch_factor": 4}

@@ -333,3 +333,12 @@ def test_zarr_samples_pickles_and_spawns(datasets):
     loader = DataLoader(ds, batch_size=16, num_workers=2, multiprocessing_context="spawn")
     keys = [k for b in loader for k in b["key"]]
     assert keys == ds.keys()
+
+
+def test_plan_with_a_selection_reads_only_those_samples():
+    records = [{"path": "s2-abc-p0-w0-0.tar", "samples": 10}, {"path": "s2-abc-p0-w0-1.tar", "samples": 10}]
+    select = {0, 3, 12, 19}
+    plan = exact_once_plan(records, world=2, batch_size=2, select=select)
+    starts = [0, 10]
+    got = [starts[s] + p for rank in plan for batch in rank for s, p in batch if s != PAD]
+    assert sorted(got) == sorted(select) and len(plan[0]) == len(plan[1]) == 1

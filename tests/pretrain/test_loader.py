@@ -163,3 +163,26 @@ def test_worker_batches_are_allocated_in_shared_memory(dataset):
     loader = make_loader(dataset, batch_size=4, rank=0, world=1, seed=0, num_workers=1, shuffle_buffer=4)
     batch = next(iter(loader))
     assert batch["stored"].shape == (4, 1, 12, 32, 32) and batch["stored"].is_shared()
+
+
+def test_keep_mask_streams_only_the_kept_samples(dataset):
+    """A curation keep-list (bool mask over global indices) filters the stream, for any worker split."""
+    from data_prep.manifest import read
+    from pretrain.data.exact import ExactOnce
+    index_to_key = {}
+    for b in ExactOnce(dataset, rank=0, world=1, batch_size=8):
+        index_to_key.update({int(i): k for i, k, p in zip(b["index"], b["key"], b["pad"]) if not p})
+    n = sum(r["samples"] for r in read(dataset)["shards"])
+    keep = np.zeros(n, bool)
+    keep[[1, 5, 17, 18, 30]] = True                   # 5 samples spread over both shards
+    wanted = {index_to_key[i] for i in np.flatnonzero(keep)}
+    seen = []
+    for worker in range(2):
+        s = ShardStream(dataset, batch_size=1, rank=0, world=1, seed=0, shuffle_buffer=1, keep=keep)
+        items = s._items(worker, 2)
+        seen += [next(items).key for _ in range(6)]
+    assert set(seen) == wanted
+    with pytest.raises(ValueError, match="selects no sample"):
+        ShardStream(dataset, batch_size=1, rank=0, world=1, seed=0, keep=np.zeros(n, bool))
+    with pytest.raises(ValueError, match="keep mask has shape"):
+        ShardStream(dataset, batch_size=1, rank=0, world=1, seed=0, keep=np.ones(n + 1, bool))

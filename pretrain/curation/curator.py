@@ -34,6 +34,28 @@ def _region(lonlat) -> str:
     return f"lat{int((lat + 90) // 30) * 30 - 90:+d}_lon{int((lon + 180) // 30) * 30 - 180:+d}"
 
 
+def token_grid(frames: int, gh: int, gw: int, stride: int) -> torch.Tensor:
+    """Indices of every `stride`-th patch along rows and columns, in each frame (frame-major
+    token order of ViT.embed): (frames * ceil(gh/stride) * ceil(gw/stride),) long."""
+    rows, cols = torch.arange(0, gh, stride), torch.arange(0, gw, stride)
+    one = (rows[:, None] * gw + cols[None]).reshape(-1)
+    return torch.cat([f * gh * gw + one for f in range(frames)])
+
+
+def pooled_features(backbone, image, wavelengths_nm, gsd_m, times, lonlat, stride: int = 1) -> torch.Tensor:
+    """(B, [T,] C, H, W) -> (B, D): mean of the final patch tokens. stride > 1 encodes only a
+    regular grid of patches (every stride-th row and column, with their own position codes):
+    stride 2 costs a quarter of the full forward. MAE-style encoders are trained on such partial
+    token sets, so the pooled feature stays meaningful for clustering."""
+    tokens = backbone.embed(image, wavelengths_nm, gsd_m, times, lonlat)          # (B, [T*]L, D)
+    if stride > 1:
+        p = backbone.patch_size
+        frames = image.shape[1] if image.ndim == 5 else 1
+        keep = token_grid(frames, image.shape[-2] // p, image.shape[-1] // p, stride).to(tokens.device)
+        tokens = tokens[:, keep]
+    return backbone.encode(tokens)[:, 1:].mean(1)
+
+
 class Curator:
     """The k-means curation schedule, its rounds and its state."""
 
@@ -84,8 +106,8 @@ class Curator:
         for b in loader:
             image = b["image"].to(device=device, dtype=dtype)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                f = backbone(image, b["wavelengths_nm"].to(device), b["gsd_m"].to(device),
-                             times=b["times"].to(device), lonlat=b["lonlat"].to(device))
+                f = pooled_features(backbone, image, b["wavelengths_nm"].to(device), b["gsd_m"].to(device),
+                                    b["times"].to(device), b["lonlat"].to(device), self.spec.embed_token_stride)
             keep = ~b["pad"]
             feats.append(f.float()[keep.to(device)])
             idx.append(b["index"][keep].to(device))

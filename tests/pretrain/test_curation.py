@@ -139,3 +139,15 @@ def test_two_ranks_agree_on_the_keep_list(ocean, tmp_path):
     # every sample was embedded once (rank 0's report counts the gathered features)
     rec = json.loads((tmp_path / "curation.jsonl").read_text().splitlines()[0])
     assert rec["embedded"] == len(is_ocean)
+
+
+def test_token_grid_and_strided_features():
+    from pretrain.curation.curator import pooled_features, token_grid
+    assert token_grid(1, 4, 4, 2).tolist() == [0, 2, 8, 10]
+    assert token_grid(2, 2, 3, 2).tolist() == [0, 2, 6, 8]
+    backbone = build_backbone("vit", "tiny", depth=1, embed_dim=32, num_heads=2, patch_size=8).eval()
+    x = torch.randn(2, 1, 4, 32, 32)
+    wl, gsd = torch.tensor([490.0, 560, 665, 842]), torch.tensor([10.0, 10.0])
+    full = pooled_features(backbone, x, wl, gsd, None, None, stride=1)
+    assert torch.allclose(full, backbone(x, wl, gsd), atol=1e-5)
+    assert pooled_features(backbone, x, wl, gsd, None, None, stride=2).shape == (2, 32)

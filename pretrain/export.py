@@ -245,13 +245,12 @@ def to_timm(encoder, wavelengths_nm, img_size: int | tuple[int, int], gsd_m: flo
     The spectral patch embedding generates a (D, C, p, p) kernel from the C wavelengths: for a
     fixed band set it is an ordinary conv patch embedding. The GSD-scaled sin-cos positions of
     an (H, W) image become timm's `pos_embed` (the cls slot gets 0: eofm gives cls no position).
+    Date/location codes (time_loc encoders) are left out: timm gets the encoder without them.
     Blocks and final norm are timm `Block`s / LayerNorm already, so their keys carry over.
     Returns (state_dict, kwargs) for `timm.create_model("vit_base_patch16_224", pretrained=False,
     **kwargs)` (any vit_* name: kwargs set every size); `model.forward_features(x)` then equals
     eofm's normed tokens (B, 1+L, D) and `model(x)` the cls feature (B, D).
     """
-    from pretrain.models.pos_embed import sincos_2d
-
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     p, d = encoder.patch_size, encoder.embed_dim
     if h % p or w % p:
@@ -259,8 +258,11 @@ def to_timm(encoder, wavelengths_nm, img_size: int | tuple[int, int], gsd_m: flo
     wl = torch.as_tensor(list(wavelengths_nm), dtype=torch.float32)
     with torch.no_grad():
         kernel = encoder.patch_embed.kernel(wl).float()
-        pos = sincos_2d(h // p, w // p, d, torch.tensor([gsd_m / encoder.ref_gsd_m]))
-    state = {k: v.detach().clone() for k, v in encoder.state_dict().items() if not k.startswith("patch_embed.")}
+        pos = encoder.position_code(h // p, w // p, d, torch.tensor([float(gsd_m)]))
+    # timm's keys only: date/location scales (time_loc encoders) have no timm counterpart; the
+    # timm model is the encoder called without times/lonlat.
+    state = {k: v.detach().clone() for k, v in encoder.state_dict().items()
+             if k == "cls_token" or k.startswith(("blocks.", "norm."))}
     state["patch_embed.proj.weight"] = kernel.contiguous()
     state["patch_embed.proj.bias"] = encoder.patch_embed.bias.detach().clone()
     state["pos_embed"] = torch.cat([torch.zeros(1, 1, d), pos], 1).contiguous()

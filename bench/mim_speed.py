@@ -1,7 +1,7 @@
 """Training step time of SelectiveMAE versus MAE at the same backbone, batch and image size.
 
   python bench/mim_speed.py --size base --patch 16 --image 224 --batch 8 [--device cuda --precision bf16]
-                            [--rounds 3 --steps 2 --warmup 1] [--out docs/bench_mim.json]
+                            [--rounds 5 --steps 1 --warmup 1] [--threads 1] [--out docs/bench_mim.json]
 
 One step = forward + backward + AdamW update of the whole objective (backbone + decoder), with
 each objective's default recipe: MAE mask 0.75, 8-block self-attention decoder over all tokens;
@@ -83,11 +83,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--decoder-depth", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=2, help="steps per objective per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=1, help="steps per objective per round")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per objective first")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads (0 = torch's default). 1 is steadier on a shared machine: OpenMP "
+                         "barriers of small ops stall for seconds when another process takes a core")
     ap.add_argument("--out", default="", help="append the result to this JSON list")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32

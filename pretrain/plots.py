@@ -77,13 +77,18 @@ def plot_reconstructions(objective, batch: dict, path: str | Path, device, dtype
     objective.train(was_training)
     image, pred, mask = (rec[k].float().cpu().numpy() for k in ("image", "pred_image", "mask"))
     wl = small["wavelengths_nm"][0].float().cpu().numpy()
+    # SelectiveMAE: only some masked patches are loss targets; show them as a fourth panel
+    targets = rec["target_mask"].cpu().numpy() if "target_mask" in rec else None
+    titles = ("input", "visible to encoder", "reconstruction") + (() if targets is None else ("loss targets",))
     rows = min(n, image.shape[0])
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, len(titles), figsize=(2.5 * len(titles), 2.5 * rows), squeeze=False)
     for r in range(rows):
         rgb_in, stretch = _rgb(image[r], wl)
         masked = mask[r][..., None]
         panels = (rgb_in, np.where(masked, 0.5, rgb_in), np.where(masked, _rgb(pred[r], wl, stretch)[0], rgb_in))
-        for ax, im, title in zip(axes[r], panels, ("input", "visible to encoder", "reconstruction")):
+        if targets is not None:
+            panels += (np.where(targets[r][..., None], rgb_in, 0.5),)
+        for ax, im, title in zip(axes[r], panels, titles):
             ax.imshow(im)
             ax.set_axis_off()
             if r == 0:

@@ -157,7 +157,8 @@ class ViewAugment:
         dev = image.device
         lo, hi = self.crop_scale
         area = lo + (hi - lo) * torch.rand(b, device=dev)
-        log_r = (torch.rand(b, device=dev) * 2 - 1) * math.log(4 / 3)
+        # aspect in 3/4..4/3, narrowed so that both sides fit (area 1 = the whole image)
+        log_r = (torch.rand(b, device=dev) * 2 - 1) * torch.clamp(-area.log(), max=math.log(4 / 3))
         sx = (area * log_r.exp()).sqrt().clamp(max=1.0)       # crop width / image width
         sy = (area / log_r.exp()).sqrt().clamp(max=1.0)
         cx = (torch.rand(b, device=dev) * 2 - 1) * (1 - sx)    # crop centre in [-1, 1] coordinates
@@ -194,21 +195,29 @@ class ViewAugment:
         jittered = ((x - mean) * con + mean + bri) * gain
         x = apply * jittered + (1 - apply) * x
         if self.blur_p > 0:
-            lo, hi = self.blur_sigma
-            sigma = lo + (hi - lo) * torch.rand(b, device=dev)
-            radius = max(1, math.ceil(2 * hi))
-            r = torch.arange(-radius, radius + 1, device=dev, dtype=torch.float32)
-            kern = torch.exp(-0.5 * (r[None] / sigma[:, None]) ** 2)
-            kern = kern / kern.sum(1, keepdim=True)                       # (B, k)
-            blur = torch.rand(b, device=dev) < self.blur_p
-            ident = torch.zeros_like(kern)
-            ident[:, radius] = 1.0
-            kern = torch.where(blur[:, None], kern, ident).repeat_interleave(c, 0)   # (B*C, k)
-            y = x.reshape(1, b * c, h, w)
-            y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), kern[:, None, None, :], groups=b * c)
-            y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), kern[:, None, :, None], groups=b * c)
-            x = y.reshape(b, c, h, w)
+            x = self._blur(x)
         return torch.where(valid[:, None], x, torch.zeros((), device=dev)).to(dt)
+
+    def _blur(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian blur with probability blur_p per sample, sigma ~ U(blur_sigma), separable,
+        as unfold + weighted sum (a grouped conv with one kernel per sample and band is several
+        times slower on CPU). (B, C, H, W) float -> same."""
+        b, c, h, w = x.shape
+        dev = x.device
+        lo, hi = self.blur_sigma
+        radius = max(1, math.ceil(2 * hi))
+        r = torch.arange(-radius, radius + 1, device=dev, dtype=torch.float32)
+        sigma = lo + (hi - lo) * torch.rand(b, device=dev)
+        kern = torch.exp(-0.5 * (r[None] / sigma[:, None]) ** 2)
+        kern = kern / kern.sum(1, keepdim=True)                                  # (B, k)
+        ident = torch.zeros_like(kern)
+        ident[:, radius] = 1.0
+        kern = torch.where((torch.rand(b, device=dev) < self.blur_p)[:, None], kern, ident)
+        kern = kern[:, None, None, None, :]                                      # (B, 1, 1, 1, k)
+        x = F.pad(x, (radius, radius, 0, 0), mode="replicate").unfold(3, 2 * radius + 1, 1)
+        x = (x * kern).sum(-1)                                                   # along rows
+        x = F.pad(x, (0, 0, radius, radius), mode="replicate").unfold(2, 2 * radius + 1, 1)
+        return (x * kern).sum(-1)                                                # along columns
 
     def __call__(self, image, valid, gsd, jitter: bool = True):
         image, valid, gsd = self.geometric(image, valid, gsd)

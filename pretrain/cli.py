@@ -5,8 +5,13 @@
 
 Runs as one process, or under torchrun / deepspeed / srun with the same arguments, e.g.
   torchrun --nproc_per_node 8 -m pretrain configs/pretrain/mae_vit_base.yaml train.out=runs/b16
+(launch/torchrun.sh, launch/slurm.sbatch and launch/deepspeed_hostfile.sh wrap these).
 The run folder (train.out) receives config.yaml (the resolved recipe), metrics.jsonl,
-checkpoints/ (DeepSpeed; resumed automatically), training.png and reconstructions.png.
+tensorboard/ (when installed), checkpoints/ (DeepSpeed; resumed automatically, also on another
+world size), training.png and reconstructions.png.
+
+Exit status: 0 done; 2 bad recipe or data; 3 non-finite loss (the last good checkpoint is
+kept); 75 stopped by SIGTERM/SIGUSR1 after writing a checkpoint (run again to resume).
 """
 from __future__ import annotations
 
@@ -56,17 +61,29 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         if cfg.engine.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("engine.precision: fp16 needs a GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
+        from pretrain.models import BACKBONES
+        if cfg.engine.activation_checkpointing and not hasattr(BACKBONES[cfg.model.arch], "set_grad_checkpointing"):
+            raise ConfigError(f"engine.activation_checkpointing: backbone {cfg.model.arch!r} cannot recompute "
+                              "activations (no set_grad_checkpointing)")
         from data_prep.manifest import read
         read(cfg.data.path)  # fail before starting processes/engines if the data is not there
     except (ConfigError, ManifestError) as err:
         print(f"eofm-pretrain: error: {err}", file=sys.stderr)
         return 2
-    from pretrain.train import NonFiniteLoss, train
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.engine import EXIT_PREEMPTED
+    from pretrain.train import NonFiniteLoss, Stopped, train
     try:
         record = train(cfg)
     except NonFiniteLoss as err:
         print(f"eofm-pretrain: error: {err}", file=sys.stderr)
         return 3
+    except CheckpointError as err:
+        print(f"eofm-pretrain: error: {err}", file=sys.stderr)
+        return 2
+    except Stopped as err:
+        print(f"eofm-pretrain: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
     import os
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"run folder: {cfg.train.out}  final loss: {record.get('loss', float('nan')):.4f}  "

@@ -143,27 +143,69 @@ OBJECTIVE_SPECS = {"mae": MAESpec, "selective_mae": SelectiveMAESpec, "soft_cont
 
 
 @dataclass
+class ParamGroupSpec:
+    match: str = ""                   # regular expression searched in parameter names, e.g. "decoder\\."
+    lr_scale: float = 1.0             # multiplies the scheduled lr of the matching parameters
+    weight_decay: float | None = None  # overrides optim.weight_decay for them (None = keep)
+
+    def __post_init__(self):
+        import re
+        try:
+            re.compile(self.match)
+        except re.error as err:
+            raise ValueError(f"match {self.match!r} is not a regular expression: {err}") from None
+        if not self.match or self.lr_scale < 0 or (self.weight_decay is not None and self.weight_decay < 0):
+            raise ValueError("match must be non-empty, lr_scale >= 0 and weight_decay >= 0")
+
+
+@dataclass
 class OptimSpec:
     lr: float = 1.5e-4                # peak learning rate (absolute, not per 256 samples)
     min_lr: float = 0.0               # cosine schedule floor
     weight_decay: float = 0.05        # not applied to biases, norms, tokens
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])   # AdamW betas
-    warmup_steps: int = 100           # linear warm-up, then cosine decay to min_lr at train.steps
+    warmup_steps: int = 100           # linear warm-up, then cosine decay to min_lr at schedule_steps
+    schedule_steps: int = 0           # length of the warm-up + cosine schedule; 0 = train.steps
     grad_clip: float = 1.0            # 0 = off
+    layer_decay: float = 1.0          # layer-wise lr decay: backbone block i gets lr * layer_decay ** (depth - i)
+    groups: list[ParamGroupSpec] = field(default_factory=list)   # per-parameter-group lr scale / weight decay; first match wins
+
+    def __post_init__(self):
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.warmup_steps < 0 or self.schedule_steps < 0:
+            raise ValueError("warmup_steps and schedule_steps must be >= 0")
 
 
 @dataclass
 class EngineSpec:
     zero_stage: int = 0               # DeepSpeed ZeRO stage 0-3
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # bf16 on recent GPUs; fp16 uses dynamic loss scaling
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # bf16 on recent GPUs; fp16 uses loss scaling (GPU only)
     grad_accum: int = 1               # micro-batches per optimizer step
     backend: Literal["auto", "gloo", "nccl"] = "auto"   # auto: nccl with GPUs, else gloo
+    timeout_min: float = 30.0         # collective timeout: a dead or stuck rank fails the job after this long
+    offload_optimizer: bool = False   # ZeRO 1-3: optimizer state and update on the CPU (frees accelerator memory)
+    offload_params: bool = False      # ZeRO-3: parameters live on the CPU between uses
+    activation_checkpointing: bool = False   # recompute block activations in backward (backbone.set_grad_checkpointing)
+    loss_scale: float = 0.0           # fp16: 0 = dynamic loss scaling, > 0 = this fixed scale
+    initial_scale_power: int = 16     # fp16 dynamic scaling starts at 2**this
+    loss_scale_window: int = 1000     # fp16: steps without overflow before the scale doubles
+    min_loss_scale: float = 1.0       # fp16: the scale never drops below this
+    elastic_resume: bool = True       # resume on another world size / ZeRO stage via a DeepSpeed universal checkpoint
 
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.timeout_min <= 0:
+            raise ValueError(f"timeout_min must be > 0, got {self.timeout_min}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        if self.loss_scale < 0 or self.min_loss_scale <= 0 or self.loss_scale_window < 1:
+            raise ValueError("loss_scale must be >= 0, min_loss_scale > 0, loss_scale_window >= 1")
 
 
 @dataclass
@@ -171,12 +213,18 @@ class TrainSpec:
     steps: int = 1000                 # optimizer steps
     out: str = "runs/pretrain"        # run folder: config.yaml, metrics.jsonl, checkpoints/, plots
     log_every: int = 10               # steps between metrics.jsonl records
-    checkpoint_every: int = 500       # also at the end
-    keep_checkpoints: int = 2         # most recent checkpoints kept on disk
+    checkpoint_every: int = 500       # also at the end, and on SIGTERM / SIGUSR1
+    checkpoint_every_min: float = 0.0  # also every this many minutes of wall time (rank 0's clock); 0 = off
+    keep_checkpoints: int = 2         # most recent checkpoints kept on disk (0 = all)
     resume: bool = True               # continue from out/checkpoints/latest when present
     seed: int = 0                     # model init, masking and data order (each rank offsets it)
     progress: bool = True             # progress bar on rank 0
+    tensorboard: bool = True          # also write TensorBoard events to out/tensorboard (when tensorboard is installed)
     log_batch_keys: bool = False      # rank 0 appends each step's sample keys to batch_keys.jsonl (audits)
+
+    def __post_init__(self):
+        if self.steps < 0 or self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 0:
+            raise ValueError("steps >= 0, log_every >= 1, checkpoint_every >= 1 and keep_checkpoints >= 0 required")
 
 
 @dataclass

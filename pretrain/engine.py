@@ -1,24 +1,30 @@
 """Process group and DeepSpeed engine setup. The only place that knows about distribution.
 
-Works under torchrun / deepspeed / srun (they set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*) and
-as a plain single process (we fill in a one-process environment). Backend: NCCL with GPUs,
-gloo on CPU. DeepSpeed's own Adam would JIT-compile a C++ op, so the optimizer is torch's
-AdamW (`torch_adam`), which DeepSpeed still shards under ZeRO.
+Works under torchrun / deepspeed / srun (they set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*; under
+a bare `srun` the SLURM_* variables are mapped) and as a plain single process (we fill in a
+one-process environment). Backend: NCCL with GPUs, gloo on CPU. DeepSpeed's own Adam would
+JIT-compile a C++ op, so the optimizer is torch's AdamW (`torch_adam`), which DeepSpeed still
+shards under ZeRO (and runs on the CPU with optimizer offload).
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import re
+import signal
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
+import torch.distributed as dist
 
 from pretrain.config import EngineSpec, OptimSpec
 
-COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a dead rank fails the job instead of hanging forever
+# Exit status of a run stopped by SIGTERM/SIGUSR1 after writing its checkpoint: EX_TEMPFAIL from
+# sysexits.h ("try again later"); launch/slurm.sbatch requeues the job on it.
+EXIT_PREEMPTED = 75
 
 
 @dataclass
@@ -35,7 +41,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_distributed(backend: str = "auto") -> DistInfo:
+def _env_from_slurm() -> None:
+    """One task per rank under a bare `srun` (no torchrun): SLURM_PROCID/NTASKS/LOCALID are the
+    rank, world size and local rank. MASTER_ADDR/PORT must come from the batch script."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return
+    os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
+                      LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
+    os.environ.setdefault("MASTER_PORT", "29500")
+
+
+def setup_distributed(backend: str = "auto", timeout_min: float = 30.0) -> DistInfo:
+    _env_from_slurm()
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
@@ -53,18 +70,51 @@ def setup_distributed(backend: str = "auto") -> DistInfo:
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)   # keep INFO chatter out of users' logs; our metrics say what matters
-    deepspeed.init_distributed(dist_backend=backend, timeout=COLLECTIVE_TIMEOUT)
+    # The timeout bounds every collective: a rank that died or hangs makes the others fail after
+    # it instead of waiting forever (NCCL aborts via its async error handling, on by default).
+    deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_min))
     return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norm weights, tokens and other 1-D parameters."""
-    decay, no_decay = [], []
+def _layer_id(name: str, prefix: str, depth: int) -> int:
+    """0 = patch embedding and tokens, i+1 = block i, depth+1 = everything after (norm, heads)."""
+    if not name.startswith(prefix):
+        return depth + 1
+    rest = name[len(prefix):]
+    if rest.startswith("blocks."):
+        return int(rest.split(".")[1]) + 1
+    if rest.startswith(("patch_embed.", "cls_token", "pos_embed")) or "token" in rest.split(".")[0]:
+        return 0
+    return depth + 1
+
+
+def param_groups(model: torch.nn.Module, optim: OptimSpec, backbone_prefix: str = "backbone.") -> list[dict]:
+    """AdamW parameter groups, each with its `lr` (= optim.lr x scale) and `weight_decay`:
+    - no weight decay on biases, norm weights, tokens and other 1-D parameters;
+    - layer-wise lr decay: a backbone block i gets scale layer_decay ** (depth - i), the patch
+      embedding layer_decay ** (depth + 1), everything after the blocks 1;
+    - `optim.groups`: the first entry whose regex matches a name multiplies its scale and may
+      replace its weight decay.
+    Parameters with equal (scale, decay) share one group; the LambdaLR schedule multiplies each
+    group's lr, so the ratios hold throughout."""
+    depth = max((int(m.group(1)) + 1 for n, _ in model.named_parameters()
+                 if (m := re.match(re.escape(backbone_prefix) + r"blocks\.(\d+)\.", n))), default=0)
+    patterns = [(re.compile(g.match), g) for g in optim.groups]
+    groups: dict[tuple[float, float], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith("token") or "pos_embed" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        no_decay = p.ndim <= 1 or name.endswith("token") or "pos_embed" in name
+        wd = 0.0 if no_decay else optim.weight_decay
+        scale = optim.layer_decay ** (depth + 1 - _layer_id(name, backbone_prefix, depth))
+        for rx, g in patterns:
+            if rx.search(name):
+                scale *= g.lr_scale
+                wd = wd if g.weight_decay is None else g.weight_decay
+                break
+        grp = groups.setdefault((scale, wd), {"params": [], "lr": optim.lr * scale, "weight_decay": wd})
+        grp["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], -k[1]))]   # full-lr, decayed group first
 
 
 def lr_multiplier(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -75,37 +125,105 @@ def lr_multiplier(step: int, total: int, warmup: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def deepspeed_config(engine: EngineSpec, optim: OptimSpec, micro_batch: int) -> dict:
+def deepspeed_config(engine: EngineSpec, optim: OptimSpec, micro_batch: int, load_universal: bool = False) -> dict:
+    zero: dict = {"stage": engine.zero_stage}
+    if engine.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if engine.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     cfg = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": engine.grad_accum,
-        "zero_optimization": {"stage": engine.zero_stage},
+        "zero_optimization": zero,
+        # torch_adam: torch's AdamW (no compiled op), also under optimizer offload
         "optimizer": {"type": "AdamW", "params": {"lr": optim.lr, "betas": list(optim.betas), "eps": 1e-8,
                                                   "weight_decay": optim.weight_decay, "torch_adam": True}},
         "bf16": {"enabled": engine.precision == "bf16"},
-        "fp16": {"enabled": engine.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "fp16": {"enabled": engine.precision == "fp16", "loss_scale": engine.loss_scale,
+                 "initial_scale_power": engine.initial_scale_power,
+                 "loss_scale_window": engine.loss_scale_window, "min_loss_scale": engine.min_loss_scale},
         "steps_per_print": 10**9,
         "zero_allow_untested_optimizer": True,
+        "checkpoint": {"load_universal": load_universal},
     }
     if optim.grad_clip > 0:
         cfg["gradient_clipping"] = optim.grad_clip
     return cfg
 
 
-def build_engine(model: torch.nn.Module, engine: EngineSpec, optim: OptimSpec, micro_batch: int, total_steps: int):
+def build_engine(model: torch.nn.Module, engine: EngineSpec, optim: OptimSpec, micro_batch: int, total_steps: int,
+                 load_universal: bool = False):
     """-> (DeepSpeed engine, its lr scheduler). The scheduler steps once per optimizer step."""
     import deepspeed
 
     min_ratio = optim.min_lr / optim.lr if optim.lr > 0 else 0.0
+    total = optim.schedule_steps or total_steps
 
     def scheduler(opt):
         return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_multiplier(s, total_steps, optim.warmup_steps, min_ratio))
+            opt, lambda s: lr_multiplier(s, total, optim.warmup_steps, min_ratio))
 
+    if engine.activation_checkpointing:
+        backbone = getattr(model, "backbone", model)
+        switch = getattr(backbone, "set_grad_checkpointing", None)
+        if switch is None:
+            raise ValueError(f"engine.activation_checkpointing: {type(backbone).__name__} has no set_grad_checkpointing")
+        switch(True)
     ds_engine, _, _, sched = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, optim.weight_decay),
-        config=deepspeed_config(engine, optim, micro_batch), lr_scheduler=scheduler)
+        model=model, model_parameters=param_groups(model, optim),
+        config=deepspeed_config(engine, optim, micro_batch, load_universal), lr_scheduler=scheduler)
     return ds_engine, sched
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR1 (what SLURM sends before a time limit, or a preemption) only set a
+    flag here; the loop checkpoints at the next step boundary on every rank (see `agree`) and
+    exits with EXIT_PREEMPTED. Doing the work inside the handler could interrupt a collective
+    half-way on one rank."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def ignore(self) -> None:
+        """Ignore the signals until `install`: processes started in between (loader workers)
+        inherit SIG_IGN, so a signal sent to the whole process group does not kill them."""
+        for s in self.SIGNALS:
+            self._old.setdefault(s, signal.getsignal(s))
+            signal.signal(s, signal.SIG_IGN)
+
+    def install(self) -> None:
+        for s in self.SIGNALS:
+            self._old.setdefault(s, signal.getsignal(s))
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: torch's workers die on SIGTERM (their own handler re-raises it),
+    and SLURM or `kill -- -PGID` signal every process; the main process decides when to stop."""
+    for s in StopSignals.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def agree(loss: torch.Tensor, stop: bool, save: bool) -> tuple[int, bool, bool]:
+    """One small all-reduce per micro-step (before backward) so that every rank takes the same
+    decision and none is left waiting in a collective the others skipped:
+    -> (ranks whose loss is non-finite, any rank asked to stop, rank 0 says save now)."""
+    flags = torch.tensor([0.0, float(stop), float(save)], device=loss.device)
+    flags[0] = (~torch.isfinite(loss.detach().float())).float()
+    dist.all_reduce(flags)
+    n_bad, n_stop, n_save = flags.tolist()
+    return int(n_bad), n_stop > 0, n_save > 0
 
 
 def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:

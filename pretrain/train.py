@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import random
+import resource
+import signal
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from pretrain import checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.data.normalize import normalization_table
 from pretrain.data.webdataset import make_loader
-from pretrain.engine import build_engine, setup_distributed, to_device
+from pretrain.engine import StopSignals, agree, build_engine, ignore_stop_signals, setup_distributed, to_device
 from pretrain.models import build_backbone
 from pretrain.objectives import build_objective
 
@@ -32,6 +34,10 @@ log = logging.getLogger("eofm.pretrain")
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message names the last good checkpoint."""
+
+
+class Stopped(RuntimeError):
+    """SIGTERM/SIGUSR1 arrived: a checkpoint was written and the run stopped (exit EXIT_PREEMPTED)."""
 
 
 def build_model(cfg: PretrainConfig):
@@ -62,9 +68,13 @@ def _dataset_digest(url: str) -> str:
     return hashlib.sha256(fs.cat_file(f"{root}/{manifest_mod.NAME}")).hexdigest()
 
 
-def train(cfg: PretrainConfig) -> dict:
-    """Run (or resume) pretraining; returns the final metrics record."""
-    info = setup_distributed(cfg.engine.backend)
+def train(cfg: PretrainConfig, extras: dict | None = None) -> dict:
+    """Run (or resume) pretraining; returns the final metrics record.
+
+    `extras`: name -> object with state_dict()/load_state_dict() whose state is the same on every
+    rank (e.g. pruning schedules); saved with each checkpoint and restored on resume, together with
+    the objective's own `checkpoint_extras()` when it has one."""
+    info = setup_distributed(cfg.engine.backend, cfg.engine.timeout_min)
     rank, world = info.rank, info.world
     out = Path(cfg.train.out)
     ckpt_dir = out / "checkpoints"
@@ -75,18 +85,23 @@ def train(cfg: PretrainConfig) -> dict:
     _seed_everything(cfg.train.seed + rank)
 
     model = build_model(cfg)
-    engine, _ = build_engine(model, cfg.engine, cfg.optim, cfg.data.batch_size, cfg.train.steps)
+    extras = {**getattr(model, "checkpoint_extras", dict)(), **(extras or {})}
+    plan = (checkpoint.plan_resume(ckpt_dir, world, cfg.engine.zero_stage, cfg.engine.elastic_resume)
+            if cfg.train.resume else None)
+    engine, sched = build_engine(model, cfg.engine, cfg.optim, cfg.data.batch_size, cfg.train.steps,
+                                 load_universal=plan is not None and plan.universal)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.engine.precision, torch.float32)
 
     step, samples_seen, generation, skip = 0, 0, 0, 0
     data_state = {"path": cfg.data.path, "batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
                   "shuffle_buffer": cfg.data.shuffle_buffer, "world": world, "seed": cfg.train.seed,
                   "grad_accum": cfg.engine.grad_accum}
-    client = checkpoint.load(engine, ckpt_dir, rank) if cfg.train.resume else None
-    if client is not None:
-        step, samples_seen = client["step"], client["samples_seen"]
-        generation = client.get("data_generation", 0)
-        if client.get("data") == data_state:
+    if plan is not None:
+        same_world = plan.meta["world"] == world
+        meta = checkpoint.load(engine, ckpt_dir, plan, rank, restore_rng=same_world, extras=extras)
+        step, samples_seen = meta["step"], meta["samples_seen"]
+        generation = meta.get("data_generation", 0)
+        if meta.get("data") == data_state:
             skip = step * cfg.engine.grad_accum     # exact resume: the batches the run would have seen
         else:
             # the stream cannot be replayed (other world size, workers, batch...): a fresh
@@ -94,33 +109,62 @@ def train(cfg: PretrainConfig) -> dict:
             generation += 1
             if rank == 0:
                 log.warning("data settings changed since the checkpoint (%s -> %s): the data stream is not "
-                            "resumed exactly, a new seeded stream starts", client.get("data"), data_state)
+                            "resumed exactly, a new seeded stream starts", meta.get("data"), data_state)
+        if not same_world:        # the saved RNG states belong to other ranks: seed afresh, deterministically
+            _seed_everything(cfg.train.seed + rank + 1_000_003 * generation)
         if rank == 0:
-            log.info("resumed from %s at step %d (%s)", checkpoint.latest_tag(ckpt_dir), step,
-                     "exact data position" if skip else "new data stream")
+            log.info("resumed from %s at step %d (%s%s)", plan.tag, step,
+                     "exact data position" if skip else "new data stream",
+                     f", universal checkpoint: world size {plan.meta['world']} -> {world}" if plan.universal else "")
 
+    signals = StopSignals()
+    signals.ignore()              # loader workers started below inherit SIG_IGN: only this process reacts
     loader = make_loader(cfg.data.path, cfg.data.batch_size, rank, world,
                          seed=cfg.train.seed + 1_000_003 * generation, num_workers=cfg.data.num_workers,
                          shuffle_buffer=cfg.data.shuffle_buffer, start_method=cfg.data.start_method,
                          skip_batches=skip, augment_spec=cfg.data.augment)
-    state = {
+    loader.worker_init_fn = ignore_stop_signals
+    with torch.random.fork_rng(devices=[]):   # starting the loader draws a seed; keep the restored RNG exact
+        it = iter(loader)
+    signals.install()
+    try:
+        return _loop(cfg, info, engine, sched, it, step, samples_seen, generation, data_state, manifest,
+                     extras, signals, dtype)
+    finally:
+        signals.restore()
+
+
+def _loop(cfg, info, engine, sched, it, step, samples_seen, generation, data_state, manifest, extras,
+          signals, dtype) -> dict:
+    rank, world = info.rank, info.world
+    out = Path(cfg.train.out)
+    ckpt_dir = out / "checkpoints"
+    client_state = {                     # DeepSpeed stores it with the model; eofm-export reads it
         "config": to_dict(cfg),
         "arch_args": engine.module.backbone.arch_args,
         "normalization": normalization_table(manifest),
         "manifest_sha256": _dataset_digest(cfg.data.path),
-        "data_generation": generation,
-        "data": data_state,
     }
+
+    def save() -> str:
+        meta = {"step": step, "samples_seen": samples_seen, "world": world, "zero_stage": cfg.engine.zero_stage,
+                "precision": cfg.engine.precision, "data_generation": generation, "data": data_state,
+                "time": time.time()}
+        tag = checkpoint.save(engine, ckpt_dir, meta, {**client_state, "step": step, "samples_seen": samples_seen},
+                              cfg.train.keep_checkpoints, rank, extras)
+        return tag
+
     metrics_file = out / "metrics.jsonl"
     keys_file = out / "batch_keys.jsonl" if cfg.train.log_batch_keys and rank == 0 else None
+    tb = _tensorboard(out) if cfg.train.tensorboard and rank == 0 else None
     bar = tqdm(total=cfg.train.steps, initial=step, desc="pretrain", unit="step",
                disable=rank != 0 or not cfg.train.progress)
-    it = iter(loader)
-    window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "samples": 0, "extra": {}}
+    window = _new_window()
     record: dict = {}
+    last_save = time.monotonic()
     engine.train()
     while step < cfg.train.steps:
-        if hasattr(engine.module, "set_progress"):   # optional objective hook (curricula, schedules)
+        if hasattr(engine.module, "set_progress"):   # optional objective hook (curricula, schedules, EMA teachers)
             engine.module.set_progress(step, cfg.train.steps)
         for _ in range(cfg.engine.grad_accum):
             t_wait = time.perf_counter()
@@ -132,56 +176,113 @@ def train(cfg: PretrainConfig) -> dict:
             batch = to_device(batch, info.device, dtype)
             outputs = engine(batch)
             loss = outputs["loss"]
-            if not torch.isfinite(loss.detach()).item():
-                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {step} on rank {rank}; "
-                                    f"the last good checkpoint is {checkpoint.latest_tag(ckpt_dir)} in {ckpt_dir}")
+            due = rank == 0 and cfg.train.checkpoint_every_min > 0 and \
+                time.monotonic() - last_save >= 60 * cfg.train.checkpoint_every_min
+            n_bad, stop, save_now = agree(loss, signals.received is not None, due)
+            if n_bad:
+                raise NonFiniteLoss(
+                    f"non-finite loss at step {step + 1} on {n_bad} of {world} rank(s) (rank {rank}: {loss.item()}); "
+                    f"stopped without saving; the last good checkpoint is {checkpoint.latest_tag(ckpt_dir)} in "
+                    f"{ckpt_dir} (lower optim.lr, raise optim.warmup_steps, or use bf16 instead of fp16)")
             engine.backward(loss)
             engine.step()
             n = batch["image"].shape[0]
             window["loss"] += float(loss.detach()) * n
             window["n"] += n
+            window["tokens"] += n * _tokens_per_sample(batch["image"], cfg.model.patch_size)
             for k, v in outputs.items():
                 if k != "loss":
                     window["extra"][k] = window["extra"].get(k, 0.0) + float(v) * n
         step += 1
         samples_seen += cfg.data.batch_size * cfg.engine.grad_accum * world
         bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            record = _log(window, step, samples_seen, engine, world, info.device)
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps or stop:
+            record = _log(window, step, samples_seen, engine, sched, cfg, info)
             if rank == 0:
                 with open(metrics_file, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                if tb is not None:
+                    for k, v in record.items():
+                        if isinstance(v, (int, float)) and k not in ("step", "time"):
+                            tb.add_scalar(f"train/{k}", v, step)
+                    tb.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            window = {"loss": 0.0, "n": 0, "wait": 0.0, "t0": time.perf_counter(), "samples": 0, "extra": {}}
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            checkpoint.save(engine, ckpt_dir, step, {**state, "step": step, "samples_seen": samples_seen},
-                            cfg.train.keep_checkpoints, rank)
+            window = _new_window()
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stop or save_now:
+            tag = save()
+            last_save = time.monotonic()
+            if stop:
+                bar.close()
+                name = signal.Signals(signals.received).name if signals.received else "a signal on another rank"
+                raise Stopped(f"stopped by {name} at step {step}: checkpoint {ckpt_dir / tag} written; "
+                              f"run the same command again to resume")
     bar.close()
-    if rank == 0:
-        from pretrain.plots import plot_run, plot_reconstructions
-        plot_run(out)
-        plot_reconstructions(engine.module, next(it), out / "reconstructions.png", info.device, dtype)
-    dist.barrier()
+    if tb is not None:
+        tb.close()
+    # ZeRO-3 holds a shard of each weight per rank: gather them (collective) so rank 0 alone can run
+    # the model for the figure while the others wait
+    from contextlib import nullcontext
+
+    import deepspeed
+    whole = (deepspeed.zero.GatheredParameters(list(engine.module.parameters()))
+             if cfg.engine.zero_stage == 3 else nullcontext())
+    with whole:
+        if rank == 0:
+            from pretrain.plots import plot_reconstructions, plot_run
+            if metrics_file.is_file():
+                plot_run(out)
+            plot_reconstructions(engine.module, next(it), out / "reconstructions.png", info.device, dtype)
+        dist.barrier()
     return record
 
 
-def _log(window: dict, step: int, samples_seen: int, engine, world: int, device) -> dict:
-    """Average the window's loss across ranks and describe throughput."""
-    sums = torch.tensor([window["loss"], window["n"], window["wait"]], dtype=torch.float64)
+def _new_window() -> dict:
+    return {"loss": 0.0, "n": 0, "tokens": 0, "wait": 0.0, "t0": time.perf_counter(), "extra": {}}
+
+
+def _tokens_per_sample(image: torch.Tensor, patch: int) -> int:
+    """Input patch tokens per sample (before any masking): frames x (H/p) x (W/p)."""
+    frames = image.shape[1] if image.ndim == 5 else 1
+    return frames * (image.shape[-2] // patch) * (image.shape[-1] // patch)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:           # optional: pip install tensorboard
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _log(window: dict, step: int, samples_seen: int, engine, sched, cfg: PretrainConfig, info) -> dict:
+    """Average the window's loss across ranks and describe throughput and memory."""
+    device, world = info.device, info.world
+    sums = torch.tensor([window["loss"], window["n"], window["wait"], window["tokens"]], dtype=torch.float64)
     dist.all_reduce(sums)
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,   # KiB -> GiB
+                         torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0])
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     elapsed = time.perf_counter() - window["t0"]
     samples = sums[1].item()
     record = {
         "step": step,
         "loss": sums[0].item() / max(samples, 1),
-        "lr": engine.get_lr()[0],
+        # the schedule's lr (groups with layer decay or lr_scale get a fixed fraction of it)
+        "lr": cfg.optim.lr * sched.get_last_lr()[0] / sched.base_lrs[0] if sched.base_lrs[0] else 0.0,
         "samples_seen": samples_seen,
         "samples_per_s": samples / elapsed,
+        "tokens_per_s": sums[3].item() / elapsed,
         "data_wait_frac": (sums[2].item() / world) / elapsed,
+        "max_rss_gb": peak[0].item(),
         "time": time.time(),
     }
+    if device.type == "cuda":
+        record["max_mem_gb"] = peak[1].item()
+    norm = engine.get_global_grad_norm()
+    if norm is not None:
+        record["grad_norm"] = float(norm)
+    if cfg.engine.precision == "fp16":
+        record["loss_scale"] = float(getattr(engine.optimizer, "cur_scale", getattr(engine.optimizer, "loss_scale", 0)))
     for k, v in window["extra"].items():
         record[k] = v / max(window["n"], 1)
-    if device.type == "cuda":
-        record["max_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return record

@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
         "model_gflops_per_step_per_process": flops / 1e9, "tflops_per_s_per_process": flops / dt / 1e12,
         "peak_tflops": peak, "mfu": (flops / dt / 1e12) / peak if peak else None,
         "max_mem_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
-        "final_loss": float(loss), "torch": torch.__version__,
+        "final_loss": float(loss.detach()), "torch": torch.__version__,
     }
     if info.rank == 0:
         print(json.dumps(result))

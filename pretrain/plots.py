@@ -33,7 +33,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def plot_run(run_dir: str | Path) -> Path:
-    """Loss, learning rate and throughput vs step -> run_dir/training.png."""
+    """Loss, learning rate and throughput (samples/s, tokens/s) vs step -> run_dir/training.png."""
     plt = _plt()
     recs = read_metrics(run_dir)
     steps = [r["step"] for r in recs]
@@ -44,6 +44,10 @@ def plot_run(run_dir: str | Path) -> Path:
     axes[1].set(title="learning rate", xlabel="step")
     axes[2].plot(steps, [r["samples_per_s"] for r in recs], color="tab:green")
     axes[2].set(title="throughput (all ranks)", xlabel="step", ylabel="samples / s")
+    if all("tokens_per_s" in r for r in recs):        # older runs lack it
+        twin = axes[2].twinx()
+        twin.plot(steps, [r["tokens_per_s"] for r in recs], color="tab:purple", alpha=0.6, lw=0.8)
+        twin.set_ylabel("input tokens / s", color="tab:purple")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -2,13 +2,14 @@
 
   python bench/mim_quality.py [--steps 300] [--out runs/mim_quality] [--figure docs/mim_quality.png]
 
-Prepares configs/prep/real_s2.yaml (the Major-TOM and SSL4EO-S12 L2A products in
-../shared/data/real -> 64 px chips at 10 m, 12 bands) unless runs/real_s2/data exists, then runs
+Prepares configs/prep/real_s2.yaml with 32 px chips (the Major-TOM and SSL4EO-S12 L2A products in
+../shared/data/real -> 32 px chips at 10 m, 12 bands) unless --data exists, then runs
 `eofm-pretrain` (the real CLI: DeepSpeed, loader, checkpoints, plots) with
-configs/pretrain/real_s2.yaml (MAE) and configs/pretrain/selective_mae_real_s2.yaml, same
-tiny backbone (ViT-tiny width, 4 blocks, 8 px patches), batch, lr schedule and steps. Each run
-folder gets training.png and reconstructions.png; this script prints first/last logged loss
-(means over `log_every` steps) and draws both loss curves into one figure.
+configs/pretrain/real_s2.yaml (MAE) and configs/pretrain/selective_mae_real_s2.yaml, with the
+same overrides for both: 4 px patches (64 tokens, as in the quickstart), batch 16, 30 warm-up
+steps. Same tiny backbone (ViT-tiny width, 4 blocks), lr schedule and steps. Each run folder
+gets training.png and reconstructions.png; this script prints first/last logged loss (means
+over 10 steps) and draws both loss curves into one figure.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ RUNS = {"mae": "configs/pretrain/real_s2.yaml", "selective_mae": "configs/pretra
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--data", default="runs/real_s2/data")
+    ap.add_argument("--data", default="runs/real_s2_32/data")
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", default="runs/mim_quality")
     ap.add_argument("--figure", default="docs/mim_quality.png")
     args = ap.parse_args(argv)
@@ -36,12 +38,13 @@ def main(argv=None) -> dict:
 
     if not (ROOT / args.data / "manifest.json").is_file():
         subprocess.run([sys.executable, "-m", "data_prep", "run", "configs/prep/real_s2.yaml",
-                        f"output.path={args.data}"], cwd=ROOT, check=True)
+                        f"output.path={args.data}", "chips.size=32", "chips.stride=32"], cwd=ROOT, check=True)
     summary = {}
     for name, config in RUNS.items():
         out = Path(args.out) / name
         subprocess.run([sys.executable, "-m", "pretrain", config, f"data.path={args.data}", f"train.out={out}",
-                        f"train.steps={args.steps}", "train.log_every=10", f"train.checkpoint_every={args.steps}",
+                        f"train.steps={args.steps}", "train.log_every=10", "model.patch_size=4",
+                        f"data.batch_size={args.batch}", "optim.warmup_steps=30", f"train.checkpoint_every={args.steps}",
                         "train.resume=false", "train.progress=false"], cwd=ROOT, check=True)
         recs = read_metrics(ROOT / out)
         losses = [r["loss"] for r in recs]
@@ -53,7 +56,8 @@ def main(argv=None) -> dict:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, s in summary.items():
         ax.plot(s["steps"], s["loss"], label=name)
-    ax.set(title="real Sentinel-2 chips, ViT-tiny/8 x4 blocks, batch 32", xlabel="step", ylabel="norm-pix loss")
+    ax.set(title=f"real Sentinel-2 32 px chips, ViT-tiny/4 x4 blocks, batch {args.batch}", xlabel="step",
+           ylabel="norm-pix loss (10-step means)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

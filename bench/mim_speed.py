@@ -59,6 +59,18 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def step_flops(obj, batch) -> float:
+    """Forward + backward FLOPs of one step per sample (torch's FlopCounterMode: matmuls, convs,
+    attention), a machine-independent view of the same comparison."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        obj(batch)["loss"].backward()
+    obj.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch["image"].shape[0]
+
+
 def run_steps(obj, opt, batch, n: int, device) -> float:
     """Mean seconds per optimizer step over n steps."""
     sync(device)
@@ -101,9 +113,12 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     batch = make_batch(args.batch, args.image, device, dtype)
     sides = {name: build(name, args, device, dtype) for name in ("mae", "selective_mae")}
-    for obj, opt in sides.values():
+    flops = {}
+    for name, (obj, opt) in sides.items():
         obj.train()
+        flops[name] = step_flops(obj, batch)
         run_steps(obj, opt, batch, args.warmup, device)
+    print("GFLOP per sample per step: " + ", ".join(f"{n} {f / 1e9:.1f}" for n, f in flops.items()), flush=True)
     times = {name: [] for name in sides}
     for r in range(args.rounds):
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
@@ -121,11 +136,14 @@ def main(argv=None) -> dict:
         "seconds_per_step": times, "median_seconds_per_step": med,
         "samples_per_s": {n: args.batch / t for n, t in med.items()},
         "speedup": med["mae"] / med["selective_mae"],
+        "gflop_per_sample_step": {n: f / 1e9 for n, f in flops.items()},
+        "flop_ratio": flops["mae"] / flops["selective_mae"],
         "torch": torch.__version__,
     }
     if device.type == "cuda":
         result["max_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    print(json.dumps({k: result[k] for k in ("size", "image", "batch", "device", "median_seconds_per_step", "speedup")}))
+    print(json.dumps({k: result[k] for k in ("size", "image", "batch", "device", "median_seconds_per_step", "speedup",
+                                             "flop_ratio")}))
     if args.out:
         path = Path(args.out)
         runs = json.loads(path.read_text()) if path.is_file() else []

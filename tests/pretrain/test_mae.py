@@ -148,3 +148,21 @@ def test_bf16_weights_and_image_train():
     assert torch.isfinite(out["loss"])          # the loss itself is reduced in float32
     out["loss"].backward()
     assert all(p.grad is not None for p in mae.parameters() if p.requires_grad)
+
+
+def test_joint_frames_mask_the_whole_series_and_use_dates():
+    torch.manual_seed(0)
+    bb = build_backbone("vit", "tiny", embed_dim=64, num_heads=4, depth=1, patch_size=P, time_loc=True)
+    mae = build_objective("mae", bb, decoder_dim=64, decoder_depth=1, decoder_heads=4, frames="joint")
+    batch = make_batch(b=2, t=3)
+    batch["times"] = torch.tensor([[19000.0, 19030.0, 19060.0], [19100.0, 19200.0, 19300.0]], dtype=torch.float64)
+    batch["lonlat"] = torch.tensor([[10.0, 45.0], [-70.0, -10.0]])
+    out = mae(batch)
+    assert out["mask_ratio_effective"].item() == pytest.approx(1 - int(3 * L * 0.25) / (3 * L))
+    out["loss"].backward()
+    assert bb.time_scale.grad.abs() > 0 and bb.loc_scale.grad.abs() > 0
+    rec = mae.reconstruct(batch)
+    assert rec["pred_image"].shape == (6, 6, SIZE, SIZE) and rec["mask"].shape == (6, SIZE, SIZE)
+    # masking is over the series: frames of one sample have different numbers of masked patches
+    per_frame = rec["mask"][:, ::P, ::P].sum((1, 2))
+    assert per_frame.sum() == 2 * (3 * L - int(3 * L * 0.25)) and len(set(per_frame.tolist())) > 1

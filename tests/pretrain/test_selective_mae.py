@@ -215,3 +215,14 @@ def test_recipe_for_selective_mae():
     with pytest.raises(ConfigError, match="curriculum"):
         load_recipe(PretrainConfig, ROOT / "configs/pretrain/selective_mae_quickstart.yaml",
                     ["objective.curriculum=[0.5, 0.2, 0.3, 0.4]"])
+
+
+def test_bf16_weights_and_image_train():
+    """What a bf16 DeepSpeed engine feeds the objective: bf16 weights and image, float32 metadata."""
+    smae = make_smae().to(torch.bfloat16)
+    batch = make_batch()
+    batch["image"] = batch["image"].to(torch.bfloat16)
+    out = smae(batch)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in smae.parameters())

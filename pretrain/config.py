@@ -228,6 +228,39 @@ class TrainSpec:
 
 
 @dataclass
+class CurationSpec:
+    """Dynamic dataset curation (pretrain/curation): the model's own features pick the training set."""
+    mode: Literal["none", "kmeans", "loss"] = "none"   # kmeans: hierarchical k-means + balanced keep-list; loss: InfoBatch-style
+    warmup_steps: int = 1000          # first round after this many optimizer steps
+    every_steps: int = 1000           # then a round every this many steps
+    keep_fraction: float = 0.5        # kmeans: share of the embedded samples kept
+    levels: list[int] = field(default_factory=lambda: [100, 10])   # k-means clusters per level, finest first
+    eta: float = 0.0                  # 0: spread picks uniformly within leaf clusters; 1: nearest the centroid
+    embed_subset: int = 0             # samples embedded per round (seeded random subset); 0 = all
+    embed_batch_size: int = 64        # per rank, when embedding
+    embed_workers: int = 0            # DataLoader workers when embedding
+    embed_token_stride: int = 2       # encode every n-th patch row and column when embedding (2: 1/4 of the cost); 1 = all
+    kmeans_iters: int = 20            # Lloyd iterations per level
+    resample_steps: int = 10          # centroid re-estimation rounds from their nearest points, per level
+    loss_ratio: float = 0.5           # loss: share of below-mean-loss samples skipped (kept ones weigh 1/(1-ratio))
+    loss_stop: float = 0.875          # loss: no pruning after this fraction of training (annealing)
+
+    def __post_init__(self):
+        if not 0.0 < self.keep_fraction <= 1.0:
+            raise ValueError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        if self.warmup_steps < 0 or self.every_steps < 1:
+            raise ValueError("warmup_steps must be >= 0 and every_steps >= 1")
+        if not self.levels or any(int(k) < 1 for k in self.levels):
+            raise ValueError(f"levels must be a non-empty list of positive cluster counts, got {self.levels}")
+        if not 0.0 <= self.loss_ratio < 1.0:
+            raise ValueError(f"loss_ratio must be in [0, 1), got {self.loss_ratio}")
+        if self.embed_token_stride < 1 or self.embed_batch_size < 1 or self.embed_subset < 0:
+            raise ValueError("embed_token_stride and embed_batch_size must be >= 1, embed_subset >= 0")
+
+
+@dataclass
 class PretrainConfig:
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -235,6 +268,7 @@ class PretrainConfig:
     optim: OptimSpec = field(default_factory=OptimSpec)
     engine: EngineSpec = field(default_factory=EngineSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+    curation: CurationSpec = field(default_factory=CurationSpec)
 
     def __post_init__(self):
         # Resolve the objective section into its own typed settings so that a wrong key such

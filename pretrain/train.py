@@ -86,6 +86,11 @@ def train(cfg: PretrainConfig, extras: dict | None = None) -> dict:
 
     model = build_model(cfg)
     extras = {**getattr(model, "checkpoint_extras", dict)(), **(extras or {})}
+    curator, loss_curation = _curation(cfg, manifest, rank, out)
+    if curator is not None:
+        extras["curation"] = curator
+    if loss_curation is not None:
+        extras["loss_curation"] = loss_curation
     plan = (checkpoint.plan_resume(ckpt_dir, world, cfg.engine.zero_stage, cfg.engine.elastic_resume)
             if cfg.train.resume else None)
     engine, sched = build_engine(model, cfg.engine, cfg.optim, cfg.data.batch_size, cfg.train.steps,
@@ -102,7 +107,10 @@ def train(cfg: PretrainConfig, extras: dict | None = None) -> dict:
         step, samples_seen = meta["step"], meta["samples_seen"]
         generation = meta.get("data_generation", 0)
         if meta.get("data") == data_state:
-            skip = step * cfg.engine.grad_accum     # exact resume: the batches the run would have seen
+            # exact resume: the batches the run would have seen (since the last curation round,
+            # which started a new stream over its keep-list)
+            since = curator.since_step if curator is not None else 0
+            skip = (step - since) * cfg.engine.grad_accum
         else:
             # the stream cannot be replayed (other world size, workers, batch...): a fresh
             # seeded stream, so the restarted run does not repeat the batches it already saw
@@ -119,23 +127,44 @@ def train(cfg: PretrainConfig, extras: dict | None = None) -> dict:
 
     signals = StopSignals()
     signals.ignore()              # loader workers started below inherit SIG_IGN: only this process reacts
-    loader = make_loader(cfg.data.path, cfg.data.batch_size, rank, world,
-                         seed=cfg.train.seed + 1_000_003 * generation, num_workers=cfg.data.num_workers,
-                         shuffle_buffer=cfg.data.shuffle_buffer, start_method=cfg.data.start_method,
-                         skip_batches=skip, augment_spec=cfg.data.augment)
-    loader.worker_init_fn = ignore_stop_signals
-    with torch.random.fork_rng(devices=[]):   # starting the loader draws a seed; keep the restored RNG exact
-        it = iter(loader)
+
+    def open_stream(skip_batches: int):
+        """The rank's endless batch iterator: seeded by the data generation and the curation
+        round, over the curation keep-list when there is one."""
+        rounds = curator.round if curator is not None else 0
+        loader = make_loader(cfg.data.path, cfg.data.batch_size, rank, world,
+                             seed=cfg.train.seed + 1_000_003 * generation + 7_777_777 * rounds,
+                             num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+                             start_method=cfg.data.start_method, skip_batches=skip_batches,
+                             augment_spec=cfg.data.augment, keep=curator.mask if curator is not None else None)
+        loader.worker_init_fn = ignore_stop_signals
+        with torch.random.fork_rng(devices=[]):   # starting the loader draws a seed; keep the restored RNG exact
+            return iter(loader)
+
+    it = open_stream(skip)
     signals.install()
     try:
         return _loop(cfg, info, engine, sched, it, step, samples_seen, generation, data_state, manifest,
-                     extras, signals, dtype)
+                     extras, signals, dtype, curator, loss_curation, open_stream)
     finally:
         signals.restore()
 
 
+def _curation(cfg: PretrainConfig, manifest: dict, rank: int, out: Path):
+    """(Curator or None, LossCuration or None) for `curation.mode`."""
+    spec = cfg.curation
+    if spec.mode == "kmeans":
+        from pretrain.curation.curator import Curator
+        total = sum(int(r["samples"]) for r in manifest["shards"])
+        return Curator(spec, cfg.data.path, total, cfg.train.seed, out / "curation"), None
+    if spec.mode == "loss":
+        from pretrain.curation.loss_mode import LossCuration
+        return None, LossCuration(spec.loss_ratio, spec.loss_stop, cfg.train.seed, rank)
+    return None, None
+
+
 def _loop(cfg, info, engine, sched, it, step, samples_seen, generation, data_state, manifest, extras,
-          signals, dtype) -> dict:
+          signals, dtype, curator=None, loss_curation=None, open_stream=None) -> dict:
     rank, world = info.rank, info.world
     out = Path(cfg.train.out)
     ckpt_dir = out / "checkpoints"
@@ -174,7 +203,13 @@ def _loop(cfg, info, engine, sched, it, step, samples_seen, generation, data_sta
                 with open(keys_file, "a") as f:
                     f.write(json.dumps({"step": step + 1, "keys": batch["key"]}) + "\n")
             batch = to_device(batch, info.device, dtype)
+            if loss_curation is not None:        # drop well-learned samples before any compute
+                loaded = len(batch["key"])
+                batch = loss_curation.plan(batch, step, cfg.train.steps)
             outputs = engine(batch)
+            if loss_curation is not None:
+                loss_curation.update(batch, outputs)
+                outputs = {**outputs, "curation_kept_fraction": torch.tensor(len(batch["key"]) / loaded)}
             loss = outputs["loss"]
             due = rank == 0 and cfg.train.checkpoint_every_min > 0 and \
                 time.monotonic() - last_save >= 60 * cfg.train.checkpoint_every_min
@@ -191,7 +226,7 @@ def _loop(cfg, info, engine, sched, it, step, samples_seen, generation, data_sta
             window["n"] += n
             window["tokens"] += n * _tokens_per_sample(batch["image"], cfg.model.patch_size)
             for k, v in outputs.items():
-                if k != "loss":
+                if k != "loss" and (not isinstance(v, torch.Tensor) or v.ndim == 0):   # scalars only
                     window["extra"][k] = window["extra"].get(k, 0.0) + float(v) * n
         step += 1
         samples_seen += cfg.data.batch_size * cfg.engine.grad_accum * world
@@ -208,6 +243,16 @@ def _loop(cfg, info, engine, sched, it, step, samples_seen, generation, data_sta
                     tb.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             window = _new_window()
+        if curator is not None and curator.due(step):
+            # collective: every rank embeds its share, rank 0 clusters, the keep-list is broadcast;
+            # then a new stream over the kept samples starts (the old workers are shut down). Also
+            # at the last step, so that a run later extended (more train.steps) continues exactly.
+            report = curator.run(engine.module.backbone, step, rank, world, info.device, dtype)
+            engine.train()
+            it = open_stream(0)
+            if rank == 0:
+                log.info("curation round %d at step %d: kept %d of %d embedded samples",
+                         report["round"], step, report["kept"], report["embedded"])
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stop or save_now:
             tag = save()
             last_save = time.monotonic()

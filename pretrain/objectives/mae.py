@@ -114,9 +114,14 @@ class MAE(nn.Module):
         x = prepare(batch, self.backbone.patch_size, self.frames)
         pred, mask = self._predict(x)
         target, _, _ = norm_pix_targets(x.patches, x.vpix, self.norm_pix_loss)
-        loss, _ = patch_loss(pred, target, x.vpix, mask)
+        loss, per_sample = patch_loss(pred, target, x.vpix, mask)
+        weight = batch.get("sample_weight")
+        if weight is not None:           # loss-based curation: kept well-learned samples weigh more
+            loss = (per_sample * _frame_weights(weight, per_sample)).mean()
         return {
             "loss": loss,
+            "per_sample_loss": per_sample.detach().reshape(len(batch["key"]), -1).mean(1) if "key" in batch
+            else per_sample.detach(),
             "mask_ratio_effective": mask.mean().detach(),
             "valid_fraction": x.valid.float().mean().detach(),
         }
@@ -133,6 +138,12 @@ class MAE(nn.Module):
         if mean is not None:
             pred = pred * std + mean
         return _figure_tensors(x, pred, mask, self.backbone.patch_size)
+
+
+def _frame_weights(weight: torch.Tensor, per_sample: torch.Tensor) -> torch.Tensor:
+    """Sample weights (B,) -> one per loss row (B' = B * frames when frames are separate images)."""
+    weight = weight.to(per_sample.device, per_sample.dtype)
+    return weight.repeat_interleave(per_sample.shape[0] // weight.shape[0])
 
 
 def _figure_tensors(x, pred: torch.Tensor, mask: torch.Tensor, p: int) -> dict:

@@ -1,4 +1,5 @@
 """k-means, hierarchy and balanced sampling as pure functions."""
+import pytest
 import torch
 
 from pretrain.curation.balanced import balanced_sample, cap_split
@@ -62,3 +63,20 @@ def test_eta_moves_picks_towards_the_centroid():
     d = ((x - h.centroids[0][0]) ** 2).sum(1)
     assert d[near].max() <= torch.sort(d).values[49] + 1e-6     # exactly the 50 nearest
     assert d[spread].mean() > 2 * d[near].mean()
+
+
+def test_loss_curation_drops_below_mean_samples_and_keeps_its_state():
+    from pretrain.curation.loss_mode import LossCuration
+    lc = LossCuration(ratio=0.99, stop_fraction=1.0, seed=0, rank=0)
+    batch = {"key": [f"k{i}" for i in range(8)], "image": torch.arange(8.0)[:, None], "sensor": "s2"}
+    first = lc.plan(batch, step=0, total_steps=10)
+    assert first["key"] == batch["key"] and torch.equal(first["sample_weight"], torch.ones(8))
+    lc.update(first, {"per_sample_loss": torch.tensor([0.1, 0.1, 0.1, 0.1, 5, 5, 5, 5])})
+    second = lc.plan(batch, step=1, total_steps=10)
+    assert set(second["key"]) >= {"k4", "k5", "k6", "k7"} and len(second["key"]) < 8
+    assert torch.equal(second["image"][:, 0], torch.tensor([float(k[1]) for k in second["key"]]))
+    again = LossCuration(ratio=0.99, stop_fraction=1.0, seed=0, rank=0)
+    again.load_state_dict(lc.state_dict())
+    assert again.plan(batch, step=1, total_steps=10)["key"] == second["key"]    # same draws after a resume
+    with pytest.raises(ValueError, match="per_sample_loss"):
+        lc.update(second, {"loss": torch.tensor(1.0)})

@@ -29,7 +29,7 @@ from pretrain.objectives._mim import FRAMES, MIMInput, norm_pix_targets, patch_l
 from pretrain.objectives._pruning import LossPruner
 from pretrain.objectives._selection import (DEFAULT_CURRICULUM, EXPANSIONS, SCORES, expansion_mix,
                                             gradient_score, score_logits, select_tokens)
-from pretrain.objectives.mae import _figure_tensors
+from pretrain.objectives.mae import _figure_tensors, _frame_weights
 
 __all__ = ["SelectiveMAE", "CrossAttentionBlock", "token_counts"]
 
@@ -83,8 +83,9 @@ class SelectiveMAE(nn.Module):
     """SelectiveMAE objective owning its decoder.
 
     forward(batch) -> {"loss", "encoded_fraction", "recon_fraction", "valid_fraction",
-    "expand_similar", "expand_dissimilar", "expand_random" (+ "kept_samples" with pruning)};
-    batch as for MAE.
+    "expand_similar", "expand_dissimilar", "expand_random", and "per_sample_loss" (B,) (or
+    "kept_samples" with the internal pruning)}; batch as for MAE, optional "sample_weight" (B,)
+    from the loop's loss-based curation.
     """
 
     def __init__(
@@ -208,6 +209,15 @@ class SelectiveMAE(nn.Module):
             # by the kept easy ones at weight 1/(1 - ratio)
             loss = (per_sample * weights).sum() / total
             out["kept_samples"] = torch.tensor(x.image.shape[0] / total)
+        else:
+            # the loop's loss-based curation (curation.mode: loss) prunes before loading: it
+            # reads per-sample losses (one per batch key) and passes sample_weight back
+            sample_weight = batch.get("sample_weight")
+            if sample_weight is not None:
+                loss = (per_sample * _frame_weights(sample_weight, per_sample)).mean()
+            keys = batch.get("key")
+            out["per_sample_loss"] = per_sample.detach().reshape(len(keys), -1).mean(1) if keys is not None \
+                else per_sample.detach()
         out["loss"] = loss
         return out
 

@@ -226,3 +226,17 @@ def test_bf16_weights_and_image_train():
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
     assert all(p.grad is not None for p in smae.parameters())
+
+
+def test_per_sample_losses_and_sample_weights_for_loop_curation():
+    """The loop's loss-based curation (curation.mode: loss) reads per_sample_loss and passes sample_weight."""
+    smae = make_smae()
+    batch = make_batch(b=2, t=2)
+    batch["key"] = ["a", "b"]
+    torch.manual_seed(3)
+    out = smae(batch)
+    assert out["per_sample_loss"].shape == (2,) and torch.isfinite(out["per_sample_loss"]).all()
+    torch.manual_seed(3)
+    weighted = smae(dict(batch, sample_weight=torch.tensor([2.0, 0.0])))["loss"]
+    # frames of sample "a" are rows 0-1 of 4: weight 2 on them, 0 on sample "b"; mean over rows
+    assert weighted.item() == pytest.approx(out["per_sample_loss"][0].item() * 2 * 2 / 4, rel=1e-4)

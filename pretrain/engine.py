@@ -83,7 +83,9 @@ def _layer_id(name: str, prefix: str, depth: int) -> int:
     rest = name[len(prefix):]
     if rest.startswith("blocks."):
         return int(rest.split(".")[1]) + 1
-    if rest.startswith(("patch_embed.", "cls_token", "pos_embed")) or "token" in rest.split(".")[0]:
+    # input side: patch embedding, tokens, and the scales of the date/location codes added to the patch tokens
+    if rest.startswith(("patch_embed.", "cls_token", "pos_embed", "time_scale", "loc_scale")) \
+            or "token" in rest.split(".")[0]:
         return 0
     return depth + 1
 

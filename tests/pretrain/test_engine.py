@@ -86,3 +86,11 @@ def test_deepspeed_config_offload_fp16_universal():
         with pytest.raises(ConfigError, match=msg):
             load_recipe(PretrainConfig, None, [bad])
 
+
+
+def test_layer_decay_puts_date_location_scales_with_the_patch_embedding():
+    from pretrain.engine import _layer_id
+    assert _layer_id("backbone.time_scale", "backbone.", 12) == 0
+    assert _layer_id("backbone.loc_scale", "backbone.", 12) == 0
+    assert _layer_id("backbone.blocks.3.attn.qkv.weight", "backbone.", 12) == 4
+    assert _layer_id("backbone.norm.weight", "backbone.", 12) == 13

@@ -140,8 +140,10 @@ def test_seals_at_target_size_and_commit_returns_new_records(tmp_path):
     assert w.close() == [] and w.commit() == []
 
 
-def test_on_disk_layout_sharding_and_blosc_zstd(tmp_path):
-    w = ZarrShardWriter(str(tmp_path), "x", 10**9, samples_per_shard=4)
+@pytest.mark.parametrize("compression", [None, "zstd", "none"])
+def test_on_disk_layout_sharding_and_blosc(tmp_path, compression):
+    kwargs = {"compression": compression} if compression else {}
+    w = ZarrShardWriter(str(tmp_path), "x", 10**9, samples_per_shard=4, **kwargs)
     rec = _write(w, [[_sar(f"k{i}", i) for i in range(6)]])[0]
     base = tmp_path / rec["path"]
     for name, chunk in (("image", [1, 3, 2, 16, 16]), ("valid", [1, 3, 16, 16])):
@@ -152,8 +154,11 @@ def test_on_disk_layout_sharding_and_blosc_zstd(tmp_path):
         assert codec["name"] == "sharding_indexed"
         assert codec["configuration"]["chunk_shape"] == chunk                       # one chunk per sample
         blosc = [c for c in codec["configuration"]["codecs"] if c["name"] == "blosc"]
-        assert blosc and blosc[0]["configuration"]["cname"] == "zstd"
-        assert blosc[0]["configuration"]["clevel"] == 5 and blosc[0]["configuration"]["shuffle"] == "shuffle"
+        if compression == "none":
+            assert not blosc                                                       # stored raw
+        else:                                                                      # lz4 by default
+            assert blosc and blosc[0]["configuration"]["cname"] == (compression or "lz4")
+            assert blosc[0]["configuration"]["clevel"] == 5 and blosc[0]["configuration"]["shuffle"] == "shuffle"
         assert sorted(os.listdir(base / name / "c")) == ["0", "1"]                   # 2 shard objects, last partial
     assert json.loads((base / "image" / "zarr.json").read_text())["data_type"] == "int16"
     for name in ("meta", "key"):
@@ -264,3 +269,8 @@ def test_verify_reports_a_missing_group(tmp_path):
     shutil.rmtree(out / shards[1]["path"])
     problems = verify(str(out), progress=False)
     assert f"{shards[1]['path']}: missing" in problems
+
+
+def test_unknown_compression_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="zarr compression 'brotli' unknown"):
+        ZarrShardWriter(str(tmp_path), "x", 10**9, compression="brotli")

@@ -30,3 +30,26 @@ def write_raster(path, data: np.ndarray, crs: str = "EPSG:32633", origin=(500000
         for i, d in enumerate(descriptions or [], start=1):
             dst.set_band_description(i, d)
     return path
+
+
+def run_ranks(script: str, world: int, tmp_path, *args: str, timeout: int = 180) -> list[str]:
+    """Run `python -c script RANK WORLD INIT_URL *args` as `world` real processes that meet at a
+    file:// rendezvous in tmp_path (gloo); assert every rank exits 0; return their outputs."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    init = f"file://{tmp_path}/rendezvous"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r), str(world), init, *args], cwd=root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(world)]
+    try:
+        outs = [p.communicate(timeout=timeout)[0].decode() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out
+    return outs

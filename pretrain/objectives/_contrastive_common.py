@@ -50,6 +50,33 @@ def ema_momentum(step: int, total: int, start: float, end: float) -> float:
     return end - (end - start) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class TeacherStudent(nn.Module):
+    """Base of objectives with an EMA teacher (`self.teacher`, a frozen copy of `student()`):
+    keeps the teacher in eval mode and updates it from the loop's `set_progress` hook.
+    Subclasses set self.teacher, self._ema = EMA(), self._ema_step = 0, self.m_start, self.m_end
+    and define `student()`."""
+
+    def student(self) -> nn.Module:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.train(False)           # no stochastic depth in the teacher
+        return self
+
+    @torch.no_grad()
+    def set_progress(self, step: int, total: int) -> None:
+        """The loop's hook, called before optimizer step `step` (0-based), i.e. once `step` steps
+        are done: the teacher takes the EMA of the student once per completed step (none before
+        the first). After a resume the first call applies the update of the step the checkpoint
+        ended with, so a resumed teacher equals an uninterrupted one."""
+        if step <= self._ema_step:
+            return
+        self._ema_step = step
+        self.momentum = ema_momentum(step, total, self.m_start, self.m_end)
+        self._ema.update(self.teacher, self.student(), self.momentum)
+
+
 class EMA:
     """teacher <- m * teacher + (1 - m) * student, parameter by parameter.
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.distributed import all_gather_nograd, global_offset
-from pretrain.objectives._contrastive_common import (EMA, ProjectionHead, ViewAugment, ema_momentum,
+from pretrain.objectives._contrastive_common import (EMA, ProjectionHead, TeacherStudent, ViewAugment,
                                                      encode_pooled, flat_inputs, frames_without_replacement,
                                                      frozen_copy, pick_frames)
 
@@ -44,7 +44,7 @@ __all__ = ["SeasonContrastive"]
 MODES = ("subspaces", "season_invariant")
 
 
-class SeasonContrastive(nn.Module):
+class SeasonContrastive(TeacherStudent):
     """forward(batch) -> {"loss", "loss_z<i>" per head, "acc", "pos_sim", "ema_momentum"}.
     Batch: image (B, T, C, H, W) with T >= 2 dates of one location, valid, wavelengths_nm, gsd_m."""
 
@@ -80,22 +80,9 @@ class SeasonContrastive(nn.Module):
             self.register_buffer("queue", F.normalize(torch.randn(n_heads, queue_size, proj_dim), dim=2))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.train(False)
-        return self
-
-    @torch.no_grad()
-    def set_progress(self, step: int, total: int) -> None:
-        """The loop's hook, called before optimizer step `step` (0-based), i.e. once `step` steps
-        are done: the teacher takes the EMA of the student once per completed step (none before
-        the first). After a resume the first call applies the update of the step the checkpoint
-        ended with, so a resumed teacher equals an uninterrupted one."""
-        if step <= self._ema_step:
-            return
-        self._ema_step = step
-        self.momentum = ema_momentum(step, total, self.m_start, self.m_end)
-        self._ema.update(self.teacher, nn.ModuleDict({"backbone": self.backbone, "heads": self.heads}), self.momentum)
+    def student(self) -> nn.Module:
+        """The modules the teacher copies, keyed as in the teacher."""
+        return nn.ModuleDict({"backbone": self.backbone, "heads": self.heads})
 
     # ---- views (all randomness here) -------------------------------------------------------
     @torch.no_grad()

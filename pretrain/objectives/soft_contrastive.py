@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.distributed import all_gather_grad, all_gather_nograd, global_offset
-from pretrain.objectives._contrastive_common import (EMA, ProjectionHead, ViewAugment, ema_momentum,
+from pretrain.objectives._contrastive_common import (EMA, ProjectionHead, TeacherStudent, ViewAugment,
                                                      encode_pooled, flat_inputs, frozen_copy, pick_frames)
 
 __all__ = ["SoftContrastive", "label_similarity"]
@@ -52,7 +52,7 @@ def label_similarity(y: torch.Tensor, y_all: torch.Tensor, kind: str = "cosine")
     raise ValueError(f"label_similarity must be 'cosine' or 'jaccard', got {kind!r}")
 
 
-class SoftContrastive(nn.Module):
+class SoftContrastive(TeacherStudent):
     """forward(batch) -> {"loss", "loss_hard", "loss_soft", "pos_sim", "neg_sim", "acc",
     "ema_momentum"}. Batch: image (B, T, C, H, W), valid (B, T, H, W), wavelengths_nm, gsd_m,
     landcover (B, K). With T > 1 one random frame per scene gives both views."""
@@ -86,22 +86,9 @@ class SoftContrastive(nn.Module):
         self.augment = ViewAugment(crop_scale, flips, brightness, contrast, band_jitter, jitter_p, blur_p)
         self._ema, self._ema_step = EMA(), 0
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.train(False)           # no stochastic depth in the teacher
-        return self
-
-    @torch.no_grad()
-    def set_progress(self, step: int, total: int) -> None:
-        """The loop's hook, called before optimizer step `step` (0-based), i.e. once `step` steps
-        are done: the teacher takes the EMA of the student once per completed step (none before
-        the first). After a resume the first call applies the update of the step the checkpoint
-        ended with, so a resumed teacher equals an uninterrupted one."""
-        if step <= self._ema_step:
-            return
-        self._ema_step = step
-        self.momentum = ema_momentum(step, total, self.m_start, self.m_end)
-        self._ema.update(self.teacher, nn.ModuleDict({"backbone": self.backbone, "projector": self.projector}), self.momentum)
+    def student(self) -> nn.Module:
+        """The modules the teacher copies, keyed as in the teacher."""
+        return nn.ModuleDict({"backbone": self.backbone, "projector": self.projector})
 
     # ---- views (all randomness here) -------------------------------------------------------
     @torch.no_grad()

@@ -1,9 +1,6 @@
 """Curation rounds on real prepared shards: a set with a dominant near-duplicate mode (90 %
 "ocean" chips) is rebalanced toward the rare land chips; ranks agree on the keep-list."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +15,8 @@ from pretrain.curation.curator import Curator
 from pretrain.data.exact import ExactOnce
 from pretrain.models import build_backbone
 from tests.conftest import MT_N9999, prep_recipe
+from tests.fixtures import run_ranks
 
-ROOT = Path(__file__).resolve().parents[2]
 OCEAN_DN = [300, 400, 350, 250, 240, 220, 210, 200, 150, 190, 100, 80]    # B01..B12 order below
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 SIDE_M, LAND_FROM_M = 3600, 3200         # 360 px at 10 m; only the last 40 px rows are real land
@@ -121,19 +118,7 @@ dist.destroy_process_group()
 
 def test_two_ranks_agree_on_the_keep_list(ocean, tmp_path):
     url, is_ocean = ocean
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    init = f"file://{tmp_path}/rendezvous"
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(r), "2", init, url, str(len(is_ocean)),
-                               str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for r in range(2)]
-    try:
-        outs = [p.communicate(timeout=180)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out
+    run_ranks(RANK_SCRIPT, 2, tmp_path, url, str(len(is_ocean)), str(tmp_path))
     m0, m1 = np.load(tmp_path / "mask0.npy"), np.load(tmp_path / "mask1.npy")
     assert np.array_equal(m0, m1) and m0.sum() == round(0.3 * len(is_ocean))
     # every sample was embedded once (rank 0's report counts the gathered features)

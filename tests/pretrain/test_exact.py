@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
-import subprocess
-import sys
 
 import fsspec
 import numpy as np
@@ -24,7 +21,8 @@ from pretrain.data.exact import PAD, ExactOnce, exact_once_plan, make_eval_loade
 from pretrain.data.normalize import normalization_table
 from pretrain.data.webdataset import to_tensors
 from pretrain.data.zarr_dataset import ZarrSamples
-from tests.conftest import ROOT, SSL4EO_S2A, prep_recipe
+from tests.conftest import SSL4EO_S2A, prep_recipe
+from tests.fixtures import run_ranks
 
 # ---------------------------------------------------------------------------------------------
 # the plan, as a pure function
@@ -268,19 +266,7 @@ dist.destroy_process_group()
 def test_two_real_ranks_exact_once(datasets, tmp_path):
     world = 2
     specs = [f"tar={datasets['webdataset']}=48", f"zarr={datasets['zarr']}=24"]   # 128 = 2*48+32; 5*24+8
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    init = f"file://{tmp_path}/rendezvous"
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(r), str(world), init, str(tmp_path), *specs],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for r in range(world)]
-    try:
-        outs = [p.communicate(timeout=150)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out
+    run_ranks(RANK_SCRIPT, world, tmp_path, str(tmp_path), *specs, timeout=150)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     for name, url, batch in (("tar", datasets["webdataset"], 48), ("zarr", datasets["zarr"], 24)):
         counts = [rep[name]["batches"] for rep in reports]

@@ -136,16 +136,19 @@ def startup() -> float:
     return time.perf_counter() - t0
 
 
-def enmap_like(folder: Path, size: int) -> Path:
-    """A 224-band int16 hyperspectral GeoTIFF patch (HySpecNet naming), size x size pixels."""
+def enmap_like(folder: Path, size: int, layout: str = "tiled") -> Path:
+    """A 224-band int16 hyperspectral GeoTIFF patch (HySpecNet naming), size x size pixels.
+    layout "tiled": 256 px tiles (the cheapest to read windows from); "as_source": the real
+    HySpecNet file's own layout (band-interleaved strips of 3 rows, deflate)."""
     name = "ENMAP01-____L2A-DT0000004950_20221103T162438Z_001_V010110_20221118T145147Z-Y01460273_X03110438"
     src = ROOT.parent / "shared" / "data" / "real" / "HySpecNet-11k" / name
     dst = folder / name
     dst.mkdir(parents=True)
     with rasterio.open(src / f"{name}-SPECTRAL_IMAGE.TIF") as s:
         tile = s.read()                                              # (224, 128, 128) real spectra
-        profile = s.profile | {"width": size, "height": size, "tiled": True, "blockxsize": 256, "blockysize": 256,
-                               "transform": s.transform}
+        profile = s.profile | {"width": size, "height": size, "transform": s.transform}
+        if layout == "tiled":
+            profile |= {"tiled": True, "blockxsize": 256, "blockysize": 256}
     reps = -(-size // tile.shape[1])
     with rasterio.open(dst / f"{name}-SPECTRAL_IMAGE.TIF", "w", **profile) as d:
         for r in range(0, size, 256):                                # written in strips: bounded memory here too

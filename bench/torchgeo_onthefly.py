@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workdir")
     ap.add_argument("--samples", type=int, default=256)
-    ap.add_argument("--only", choices=["s2_128", "enmap_64"], default=None, help="one workload only")
+    ap.add_argument("--only", choices=["s2_128", "enmap_64", "enmap_64_as_source"], default=None, help="one workload only")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     work = Path(args.workdir)
@@ -68,6 +68,9 @@ def main() -> None:
         result["s2_128/on_the_fly"] = rate(S2Folder(paths=[str(s2_product)], res=10.0), 128, args.samples)
     if args.only in (None, "enmap_64"):
         result["enmap_64/on_the_fly"] = rate(EnMAPPatch(paths=[str(work / "enmap_src")]), 64, args.samples)
+    if args.only == "enmap_64_as_source" or (args.only is None and (work / "enmap_src_as_source").exists()):
+        result["enmap_64_as_source/on_the_fly"] = rate(EnMAPPatch(paths=[str(work / "enmap_src_as_source")]), 64,
+                                                       args.samples)
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -227,7 +227,7 @@ def band_wavelengths(config: dict, bands: list[str]) -> list[float]:
             out.append(SENTINEL2[canonical_s2_band(b)][0])
             continue
         except ValueError:
-            pass
+            pass                              # not a Sentinel-2 band name: the tables below decide
         if b.upper() in SAR_PSEUDO_WAVELENGTH_NM:
             out.append(SAR_PSEUDO_WAVELENGTH_NM[b.upper()])
             continue

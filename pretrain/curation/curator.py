@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from pretrain.curation.balanced import balanced_sample
 from pretrain.curation.kmeans import hierarchical_kmeans
+from pretrain.data.index import pack_mask, unpack_mask
 
 log = logging.getLogger("eofm.curation")
 
@@ -74,15 +75,14 @@ class Curator:
 
     def state_dict(self) -> dict:
         return {"round": self.round, "since_step": self.since_step, "total": self.total,
-                "mask": None if self.mask is None else np.packbits(self.mask).tobytes()}
+                "mask": None if self.mask is None else pack_mask(self.mask)}
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["total"]) != self.total:
             raise ValueError(f"curation state is for {state['total']} samples, the dataset has {self.total}")
         self.round, self.since_step = int(state["round"]), int(state["since_step"])
         packed = state["mask"]
-        self.mask = None if packed is None else \
-            np.unpackbits(np.frombuffer(packed, np.uint8), count=self.total).astype(bool)
+        self.mask = None if packed is None else unpack_mask(packed, self.total)
 
     # -- one round -----------------------------------------------------------------------------
     def _subset(self) -> set[int] | None:
@@ -121,7 +121,7 @@ class Curator:
         local_f = torch.cat(feats) if feats else torch.zeros(0, 1, device=device)
         local_i = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long, device=device)
         if world > 1:
-            # counts differ by the padding only: gather with padding to the largest count
+            # ranks hold different numbers of real (non-filler) samples: gather as objects
             parts_f, parts_i, parts_a = [None] * world, [None] * world, [None] * world
             dist.all_gather_object(parts_f, local_f.cpu())
             dist.all_gather_object(parts_i, local_i.cpu())
@@ -149,11 +149,11 @@ class Curator:
             mask = np.zeros(self.total, bool)
             mask[index[picked].numpy()] = True
             report = self._report(step, h, picked, index, attrs, mask, t_embed, t_cluster)
-            payload = [(np.packbits(mask).tobytes(), report)]
+            payload = [(pack_mask(mask), report)]
         if world > 1:
             dist.broadcast_object_list(payload, src=0)
         packed, report = payload[0]
-        self.mask = np.unpackbits(np.frombuffer(packed, np.uint8), count=self.total).astype(bool)
+        self.mask = unpack_mask(packed, self.total)
         self.round += 1
         self.since_step = step
         if rank == 0:

@@ -52,6 +52,7 @@ from data_prep import manifest as manifest_mod
 from data_prep.sample import decode
 from data_prep.tario import iter_tar_samples
 from data_prep.zarr_io import open_zarr_shard, read_zarr_sample
+from pretrain.data.index import sample_starts
 from pretrain.data.normalize import normalization_table
 from pretrain.data.webdataset import collate, to_tensors
 from pretrain.data.zarr_dataset import dataset_root
@@ -162,11 +163,8 @@ class ExactOnce(IterableDataset):
         self.norm = normalization_table(manifest)
         self.rank, self.world, self.batch_size = rank, world, batch_size
         self.plan = exact_once_plan(self.records, world, batch_size, select)[rank]
-        self.starts, total = [], 0
-        for r in self.records:
-            self.starts.append(total)
-            total += int(r["samples"])
-        self.samples = total
+        self.starts = sample_starts(self.records)
+        self.samples = sum(int(r["samples"]) for r in self.records)
 
     def __len__(self) -> int:
         return len(self.plan)

@@ -23,7 +23,8 @@ from data_prep.tario import iter_tar_samples
 from data_prep.zarr_io import iter_zarr_shard
 from pretrain.data.assemble import Assembler, epoch_days
 from pretrain.data.augment import AugmentSpec, augment, sample_generator
-from pretrain.data.normalize import normalization_table, normalize
+from pretrain.data.index import pack_mask, sample_starts, unpack_mask
+from pretrain.data.normalize import normalization_table, normalize, stored_affine
 from pretrain.data.partition import shards_for_worker
 
 
@@ -50,10 +51,8 @@ def to_tensors(sample: dict, norm: dict, stored: bool = False) -> dict:
            if sample.get("landcover") else {}),
     }
     if stored:
-        mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
-        scale, offset = np.asarray(sample["scale"], np.float64), np.asarray(sample["offset"], np.float64)
         out["stored"] = torch.from_numpy(np.ascontiguousarray(sample["image"]))
-        out["affine"] = torch.tensor(np.stack([scale / std, (offset - mean) / std]), dtype=torch.float32)
+        out["affine"] = torch.from_numpy(stored_affine(sample["scale"], sample["offset"], stats))
     else:
         out["image"] = torch.from_numpy(normalize(physical(sample), sample["valid"], stats["mean"], stats["std"]))
     return out
@@ -126,16 +125,16 @@ class ShardStream(IterableDataset):
         self.augment = augment_spec
         self._assembler: Assembler | None = None
         counts = [int(r["samples"]) for r in self.records]
-        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if counts else np.zeros(0, np.int64)
+        self.starts, self.total = sample_starts(self.records), sum(counts)
         self._keep_packed = None
         self.shards = list(range(len(self.urls)))      # shards holding at least one streamed sample
         if keep is not None:
             keep = np.asarray(keep, bool)
-            if keep.shape != (sum(counts),):
-                raise ValueError(f"{dataset_url}: keep mask has shape {keep.shape}, the dataset has {sum(counts)} samples")
+            if keep.shape != (self.total,):
+                raise ValueError(f"{dataset_url}: keep mask has shape {keep.shape}, the dataset has {self.total} samples")
             if not keep.any():
                 raise ValueError(f"{dataset_url}: the keep mask selects no sample")
-            self._keep_packed = np.packbits(keep).tobytes()   # 1 bit per sample to the workers
+            self._keep_packed = pack_mask(keep)        # 1 bit per sample to the workers
             self.shards = [i for i, (a, n) in enumerate(zip(self.starts, counts)) if keep[a:a + n].any()]
         self._keep: np.ndarray | None = None
 
@@ -143,8 +142,7 @@ class ShardStream(IterableDataset):
         if self._keep_packed is None:
             return True
         if self._keep is None:
-            self._keep = np.unpackbits(np.frombuffer(self._keep_packed, np.uint8),
-                                       count=int(self.starts[-1]) + int(self.records[-1]["samples"])).astype(bool)
+            self._keep = unpack_mask(self._keep_packed, self.total)
         return bool(self._keep[self.starts[shard] + position])
 
     def _items(self, worker: int, workers: int) -> Iterator[Item]:

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from data_prep import manifest as manifest_mod
 from data_prep.zarr_io import open_zarr_shard, read_zarr_sample
+from pretrain.data.index import sample_starts
 from pretrain.data.normalize import normalization_table
 from pretrain.data.webdataset import to_tensors
 
@@ -54,12 +55,8 @@ class ZarrSamples(Dataset):
                 f"(ZarrSamples) needs a Zarr dataset: prepare it with output.format=zarr")
         self.paths = [r["path"] for r in records]
         self.counts = [int(r["samples"]) for r in records]
-        self.starts = []                         # global index of each record's first sample
-        total = 0
-        for n in self.counts:
-            self.starts.append(total)
-            total += n
-        self.total = total
+        self.starts = sample_starts(records)    # global index of each record's first sample
+        self.total = total = sum(self.counts)
         if int(manifest.get("samples", total)) != total:
             raise ValueError(f"{self.url}: manifest says {manifest['samples']} samples, its shard records hold {total}")
         # keys per record, from the manifest; a record without them is read from its group's key array

@@ -44,12 +44,7 @@ class LossCuration:
     def plan(self, batch: dict, step: int, total_steps: int) -> dict:
         keys = batch["key"]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7_919 + step)
-        state = torch.random.get_rng_state()
-        torch.random.set_rng_state(gen.get_state())     # LossPruner draws from the global CPU generator
-        try:
-            kept, weights = self.pruner.plan(keys, step / max(1, total_steps))
-        finally:
-            torch.random.set_rng_state(state)
+        kept, weights = self.pruner.plan(keys, step / max(1, total_steps), generator=gen)
         self.seen += len(keys)
         self.dropped += len(keys) - kept.numel()
         out = subset_batch(batch, kept) if kept.numel() < len(keys) else dict(batch)

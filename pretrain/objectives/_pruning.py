@@ -36,13 +36,15 @@ class LossPruner:
     def mean(self) -> float:
         return self._sum / len(self.memory) if self.memory else float("inf")
 
-    def plan(self, keys: list, progress: float, device=None):
+    def plan(self, keys: list, progress: float, device=None, generator: torch.Generator | None = None):
+        """generator: a CPU generator for the drop draws (default: the global one on `device`)."""
         n = len(keys)
         if not self.active or progress >= self.stop_fraction or not self.memory:
             return torch.arange(n, device=device), torch.ones(n, device=device)
         thr = self.mean()
         easy = torch.tensor([self.memory.get(k, float("inf")) < thr for k in keys], device=device)
-        drop = easy & (torch.rand(n, device=device) < self.ratio)
+        u = torch.rand(n, device=device) if generator is None else torch.rand(n, generator=generator).to(easy.device)
+        drop = easy & (u < self.ratio)
         if drop.all():  # never an empty batch: keep the first sample at its plain weight
             drop[0] = False
         kept = (~drop).nonzero().squeeze(1)

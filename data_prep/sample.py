@@ -51,7 +51,7 @@ def meta_json(sample: dict) -> bytes:
     return json.dumps(meta, sort_keys=True).encode()
 
 
-_NPY_HEADERS: dict[bytes, tuple] = {}   # header bytes -> (dtype, shape, fortran, data offset)
+_NPY_HEADERS: dict[bytes, tuple] = {}   # header bytes -> (dtype, shape, fortran, data offset, element count)
 
 
 def _npy(buf, key: str, name: str) -> np.ndarray:
@@ -69,11 +69,10 @@ def _npy(buf, key: str, name: str) -> np.ndarray:
         shape, fortran, dtype = _parse_header(header, major)
         if dtype.hasobject:
             raise SampleError(f"sample {key}: {name} holds Python objects (refused)")
-        parsed = (dtype, shape, fortran, len(header))
+        parsed = (dtype, shape, fortran, len(header), int(np.prod(shape, dtype=np.int64)))
         if len(_NPY_HEADERS) < 4096:
             _NPY_HEADERS[header] = parsed
-    dtype, shape, fortran, offset = parsed
-    count = int(np.prod(shape, dtype=np.int64))
+    dtype, shape, fortran, offset, count = parsed
     if len(view) - offset < count * dtype.itemsize:
         raise SampleError(f"sample {key}: {name} is truncated ({len(view) - offset} bytes for shape {shape})")
     a = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from pretrain.data.augment import AugmentSpec, draw_flips_rot90, sample_generator
+from pretrain.data.normalize import stored_affine
 
 
 def epoch_days(iso: str) -> float:
@@ -55,10 +56,7 @@ class Assembler:
         key = (sample["sensor"], tuple(sample["scale"]), tuple(sample["offset"]))
         out = self._affine.get(key)
         if out is None:
-            stats = self.norm[sample["sensor"]]
-            mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
-            scale, offset = np.asarray(key[1], np.float64), np.asarray(key[2], np.float64)
-            out = self._affine[key] = np.stack([scale / std, (offset - mean) / std]).astype(np.float32)
+            out = self._affine[key] = stored_affine(key[1], key[2], self.norm[sample["sensor"]])
         return out
 
     def days(self, iso: str) -> float:

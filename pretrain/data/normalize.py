@@ -35,3 +35,10 @@ def normalize(physical: np.ndarray, valid: np.ndarray, mean, std) -> np.ndarray:
 def normalization_table(manifest: dict) -> dict:
     """sensor -> stats_for(...) for every sensor of a manifest (what exports carry)."""
     return {sensor: stats_for(manifest["sensors"], sensor) for sensor in manifest["sensors"]}
+
+
+def stored_affine(scale, offset, stats: dict) -> np.ndarray:
+    """(2, C) float32 (scale/std, (offset-mean)/std): normalised = stored * a + b."""
+    mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
+    scale, offset = np.asarray(scale, np.float64), np.asarray(offset, np.float64)
+    return np.stack([scale / std, (offset - mean) / std]).astype(np.float32)

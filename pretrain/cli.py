@@ -71,19 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eofm-pretrain: error: {err}", file=sys.stderr)
         return 2
     from pretrain.checkpoint import CheckpointError
-    from pretrain.engine import EXIT_PREEMPTED
+    from pretrain.engine import EXIT_PREEMPTED, teardown_distributed
     from pretrain.train import NonFiniteLoss, Stopped, train
     try:
         record = train(cfg)
-    except NonFiniteLoss as err:
+    except NonFiniteLoss as err:          # every rank saw it (engine.agree)
+        teardown_distributed()
         print(f"eofm-pretrain: error: {err}", file=sys.stderr)
         return 3
     except CheckpointError as err:
         print(f"eofm-pretrain: error: {err}", file=sys.stderr)
         return 2
-    except Stopped as err:
+    except Stopped as err:                # every rank stops at the same step
+        teardown_distributed()
         print(f"eofm-pretrain: {err}", file=sys.stderr)
         return EXIT_PREEMPTED
+    teardown_distributed()
     import os
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"run folder: {cfg.train.out}  final loss: {record.get('loss', float('nan')):.4f}  "

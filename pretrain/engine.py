@@ -76,6 +76,15 @@ def setup_distributed(backend: str = "auto", timeout_min: float = 30.0) -> DistI
     return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device)
 
 
+def teardown_distributed() -> None:
+    """Destroy the process group while the interpreter is whole. Left to interpreter exit, gloo's
+    threads can still hold tensors whose release needs the GIL during finalisation: the process
+    then aborts ("terminate called without an active exception") or hangs after its work is done.
+    Call only where every rank gets to (the end of training, or a stop all ranks agreed on)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _layer_id(name: str, prefix: str, depth: int) -> int:
     """0 = patch embedding and tokens, i+1 = block i, depth+1 = everything after (norm, heads)."""
     if not name.startswith(prefix):

@@ -24,7 +24,7 @@ from data_prep.recipe import save_recipe, to_dict
 from pretrain import checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.data.normalize import normalization_table
-from pretrain.data.webdataset import make_loader
+from pretrain.data.webdataset import close_loader, make_loader
 from pretrain.engine import StopSignals, agree, build_engine, ignore_stop_signals, setup_distributed, to_device
 from pretrain.models import build_backbone
 from pretrain.objectives import build_objective
@@ -128,9 +128,13 @@ def train(cfg: PretrainConfig, extras: dict | None = None) -> dict:
     signals = StopSignals()
     signals.ignore()              # loader workers started below inherit SIG_IGN: only this process reacts
 
+    streams = []                  # the open iterator, so its workers are stopped when we leave
+
     def open_stream(skip_batches: int):
         """The rank's endless batch iterator: seeded by the data generation and the curation
-        round, over the curation keep-list when there is one."""
+        round, over the curation keep-list when there is one (the previous one is closed)."""
+        while streams:
+            close_loader(streams.pop())
         rounds = curator.round if curator is not None else 0
         loader = make_loader(cfg.data.path, cfg.data.batch_size, rank, world,
                              seed=cfg.train.seed + 1_000_003 * generation + 7_777_777 * rounds,
@@ -139,7 +143,8 @@ def train(cfg: PretrainConfig, extras: dict | None = None) -> dict:
                              augment_spec=cfg.data.augment, keep=curator.mask if curator is not None else None)
         loader.worker_init_fn = ignore_stop_signals
         with torch.random.fork_rng(devices=[]):   # starting the loader draws a seed; keep the restored RNG exact
-            return iter(loader)
+            streams.append(iter(loader))
+        return streams[-1]
 
     it = open_stream(skip)
     signals.install()
@@ -148,6 +153,8 @@ def train(cfg: PretrainConfig, extras: dict | None = None) -> dict:
                      extras, signals, dtype, curator, loss_curation, open_stream)
     finally:
         signals.restore()
+        while streams:
+            close_loader(streams.pop())
 
 
 def _curation(cfg: PretrainConfig, manifest: dict, rank: int, out: Path):

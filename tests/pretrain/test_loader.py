@@ -186,3 +186,33 @@ def test_keep_mask_streams_only_the_kept_samples(dataset):
         ShardStream(dataset, batch_size=1, rank=0, world=1, seed=0, keep=np.zeros(n, bool))
     with pytest.raises(ValueError, match="keep mask has shape"):
         ShardStream(dataset, batch_size=1, rank=0, world=1, seed=0, keep=np.ones(n + 1, bool))
+
+
+class _StuckAfterOne(torch.utils.data.IterableDataset):
+    """Yields one item, then works 'forever' (a slow read): it never sees its shutdown message."""
+
+    def __iter__(self):
+        import time
+        yield torch.zeros(1)
+        time.sleep(600)
+        yield torch.ones(1)
+
+
+def test_close_loader_stops_a_worker_that_ignores_sigterm():
+    """Workers ignore SIGTERM (engine.ignore_stop_signals). Left to torch and multiprocessing, a
+    busy worker would be sent SIGTERM (ignored) and then joined without a timeout at exit: a
+    finished run that never exits. close_loader kills it after its grace time."""
+    import time
+
+    from pretrain.data.webdataset import close_loader
+    from pretrain.engine import ignore_stop_signals
+    loader = torch.utils.data.DataLoader(_StuckAfterOne(), batch_size=None, num_workers=1,
+                                         multiprocessing_context="spawn", worker_init_fn=ignore_stop_signals,
+                                         persistent_workers=True)
+    it = iter(loader)
+    assert next(it).item() == 0
+    worker = it._workers[0]
+    t0 = time.monotonic()
+    close_loader(it, grace_s=1.0)
+    assert not worker.is_alive()
+    assert time.monotonic() - t0 < 30

@@ -116,6 +116,52 @@ def retrieval_top1(emb_a: torch.Tensor, emb_b: torch.Tensor) -> float:
     return float(((a @ b.T).argmax(1) == torch.arange(len(a))).float().mean())
 
 
+def pair_accuracy(emb_a: torch.Tensor, emb_b: torch.Tensor) -> float:
+    """Share of pairs (i, j != i) with cos(a_i, b_i) > cos(a_i, b_j): two dates of one place
+    closer than two places (0.5 = no better than chance)."""
+    a, b = torch.nn.functional.normalize(emb_a, dim=1), torch.nn.functional.normalize(emb_b, dim=1)
+    sim = a @ b.T
+    n = len(a)
+    wins = (sim.diagonal()[:, None] > sim).float()
+    return float(wins.sum() / (n * (n - 1)))         # the diagonal never wins against itself
+
+
+def neighbour_label_similarity(emb: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cosine similarity of land-cover fraction vectors between each scene and its nearest
+    other scene in embedding space: does the embedding group scenes by land cover?"""
+    e = torch.nn.functional.normalize(emb, dim=1)
+    sim = e @ e.T
+    sim.fill_diagonal_(-2.0)
+    y = torch.nn.functional.normalize(labels.float(), dim=1)
+    return float((y * y[sim.argmax(1)]).sum(1).mean())
+
+
+S2_WAVELENGTHS = (443.0, 490.0, 560.0, 665.0, 705.0, 740.0, 783.0, 842.0, 865.0, 945.0, 1610.0, 2190.0)
+
+
+def seasonal_places(n: int, seed: int, dates: int = 3, size: int = 16, classes: int = 4,
+                    world_seed: int = 123) -> dict:
+    """A multi-date fixture whose answer is known: each place has its own layout of `classes`
+    land-cover classes (smooth random blobs); each class has one 12-band spectrum per date, shared
+    by every place (`world_seed`) and drawn independently per date, so raw pixels of two dates
+    of one place hardly match while the layout, which a season-invariant encoder can learn,
+    does. Plus a per-image gain and pixel noise. Places of another `seed` are unseen places of
+    the same world. -> the batch contract, image (n, dates, 12, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    spectra = torch.randn(dates, classes, 12, generator=torch.Generator().manual_seed(world_seed))
+    fields = torch.randn(n, classes, size // 4, size // 4, generator=g)
+    cls = torch.nn.functional.interpolate(fields, size=(size, size), mode="bilinear").argmax(1)   # (n, H, W)
+    image = spectra[:, cls].permute(1, 0, 4, 2, 3)                                               # (n, T, 12, H, W)
+    image = image * (1 + 0.1 * torch.randn(n, dates, 1, 1, 1, generator=g)) \
+        + 0.3 * torch.randn(image.shape, generator=g)
+    fractions = torch.nn.functional.one_hot(cls.flatten(1), classes).float().mean(1)
+    return {"image": image.contiguous(), "valid": torch.ones(n, dates, size, size, dtype=torch.bool),
+            "wavelengths_nm": torch.tensor(S2_WAVELENGTHS).expand(n, 12), "gsd_m": torch.full((n,), 10.0),
+            "times": torch.arange(dates, dtype=torch.float64).expand(n, dates) * 120.0,
+            "lonlat": torch.zeros(n, 2), "landcover": fractions,
+            "key": [f"place{seed}_{i}" for i in range(n)], "sensor": "fixture"}
+
+
 if __name__ == "__main__":       # python -m tests.pretrain.contrastive_helpers OUT.tif: derived labels
     import sys
 

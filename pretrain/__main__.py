@@ -1,5 +1,3 @@
-import sys
+from pretrain.cli import run
 
-from pretrain.cli import main
-
-sys.exit(main())
+run()

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import threading
+import time
 
 from data_prep.recipe import ConfigError
 
@@ -87,12 +90,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eofm-pretrain: {err}", file=sys.stderr)
         return EXIT_PREEMPTED
     teardown_distributed()
-    import os
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"run folder: {cfg.train.out}  final loss: {record.get('loss', float('nan')):.4f}  "
               f"step: {record.get('step')}  checkpoints: {cfg.train.out}/checkpoints")
     return 0
 
 
+def run() -> None:
+    """The command's entry point (`eofm-pretrain`, `python -m pretrain`): main(), then leave with
+    its exit code even if the interpreter's own shutdown hangs (joining a stuck loader worker,
+    tearing down a communication library): by then the run's work is saved, and a hung process
+    holds a node, or a CI job, until someone kills it. Not for in-process callers of main()."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    grace = float(os.environ.get("EOFM_EXIT_GRACE_S", 120))
+
+    def leave():
+        time.sleep(grace)
+        print(f"eofm-pretrain: the interpreter's shutdown took over {grace:g} s; exiting",
+              file=sys.stderr, flush=True)
+        os._exit(code)
+
+    threading.Thread(target=leave, name="exit-watchdog", daemon=True).start()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -60,3 +60,14 @@ def test_fp16_without_gpu_is_a_clear_error():
         pytest.skip("has a GPU")
     r = _cli("pretrain", "configs/pretrain/quickstart.yaml", "engine.precision=fp16", "data.path=../shared/data/none")
     assert r.returncode == 2 and "fp16 needs a GPU" in r.stderr
+
+
+def test_a_hung_interpreter_shutdown_still_exits_with_the_runs_code():
+    """`python -m pretrain` leaves after EOFM_EXIT_GRACE_S even if shutdown hangs (here an exit
+    handler that sleeps for an hour), with main()'s exit code."""
+    import os
+    code = ("import atexit, time, pretrain.cli as c; c.main = lambda: 75; "
+            "atexit.register(time.sleep, 3600); c.run()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "EOFM_EXIT_GRACE_S": "2"})
+    assert r.returncode == 75 and "shutdown took over 2 s" in r.stderr

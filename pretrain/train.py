@@ -25,7 +25,7 @@ from pretrain import checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.data.normalize import normalization_table
 from pretrain.data.webdataset import close_loader, make_loader
-from pretrain.engine import StopSignals, agree, build_engine, ignore_stop_signals, setup_distributed, to_device
+from pretrain.engine import StopSignals, agree, build_engine, setup_distributed, to_device
 from pretrain.models import build_backbone
 from pretrain.objectives import build_objective
 
@@ -140,8 +140,8 @@ def train(cfg: PretrainConfig, extras: dict | None = None) -> dict:
                              seed=cfg.train.seed + 1_000_003 * generation + 7_777_777 * rounds,
                              num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
                              start_method=cfg.data.start_method, skip_batches=skip_batches,
-                             augment_spec=cfg.data.augment, keep=curator.mask if curator is not None else None)
-        loader.worker_init_fn = ignore_stop_signals
+                             augment_spec=cfg.data.augment, keep=curator.mask if curator is not None else None,
+                             ignore_signals=True)
         with torch.random.fork_rng(devices=[]):   # starting the loader draws a seed; keep the restored RNG exact
             streams.append(iter(loader))
         return streams[-1]

@@ -54,7 +54,7 @@ from data_prep.tario import iter_tar_samples
 from data_prep.zarr_io import open_zarr_shard, read_zarr_sample
 from pretrain.data.index import sample_starts
 from pretrain.data.normalize import normalization_table
-from pretrain.data.webdataset import collate, to_tensors
+from pretrain.data.webdataset import collate, to_tensors, worker_init
 from pretrain.data.zarr_dataset import dataset_root
 
 PAD = -1                                       # shard index of a filler entry (-1, global index)
@@ -251,6 +251,6 @@ def make_eval_loader(dataset_url: str, batch_size: int, rank: int, world: int, n
     """A DataLoader giving every sample of the dataset (or of `select`, global indices) exactly
     once over all ranks (evaluation, embedding the dataset for curation): batches as `ExactOnce`
     yields them, the same count on every rank, filler slots marked in `pad`."""
-    kwargs = {"multiprocessing_context": start_method} if num_workers > 0 else {}
+    kwargs = {"multiprocessing_context": start_method, "worker_init_fn": worker_init} if num_workers > 0 else {}
     return torch.utils.data.DataLoader(ExactOnce(dataset_url, rank, world, batch_size, select), batch_size=None,
                                        num_workers=num_workers, **kwargs)

@@ -9,7 +9,12 @@ mixes band sets. Shards are opened through fsspec, so any fsspec URL works.
 """
 from __future__ import annotations
 
+import atexit
+import functools
+import logging
+import os
 import random
+import sys
 import time
 from typing import Iterator
 
@@ -27,6 +32,8 @@ from pretrain.data.augment import AugmentSpec, augment, sample_generator
 from pretrain.data.index import pack_mask, sample_starts, unpack_mask
 from pretrain.data.normalize import normalization_table, normalize, stored_affine
 from pretrain.data.partition import shards_for_worker
+
+log = logging.getLogger(__name__)
 
 
 def to_tensors(sample: dict, norm: dict, stored: bool = False) -> dict:
@@ -203,14 +210,33 @@ class ShardStream(IterableDataset):
 def make_loader(dataset_url: str, batch_size: int, rank: int, world: int, seed: int, num_workers: int,
                 shuffle_buffer: int, start_method: str = "spawn", start_epoch: int = 0,
                 skip_batches: int = 0, augment_spec: AugmentSpec | None = None,
-                keep: np.ndarray | None = None) -> DataLoader:
+                keep: np.ndarray | None = None, ignore_signals: bool = False) -> DataLoader:
+    """The rank's endless DataLoader over a ShardStream. ignore_signals: workers ignore SIGTERM and
+    SIGUSR1 (training: the main process decides when to stop; see engine.StopSignals)."""
     stream = ShardStream(dataset_url, batch_size, rank, world, seed, shuffle_buffer, start_epoch, skip_batches,
                          augment_spec, keep)
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"multiprocessing_context": start_method, "persistent_workers": True, "prefetch_factor": 4}
+        kwargs = {"multiprocessing_context": start_method, "persistent_workers": True, "prefetch_factor": 4,
+                  "worker_init_fn": functools.partial(worker_init, ignore_signals=ignore_signals)}
     return DataLoader(stream, batch_size=None, num_workers=num_workers,
                       pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+def worker_init(worker_id: int = 0, ignore_signals: bool = False) -> None:
+    """DataLoader worker_init_fn. A finished worker leaves through os._exit: a full interpreter
+    shutdown in a spawned torch worker can abort in C++ static destructors ("terminate called
+    without an active exception", SIGABRT), which the main process reports as a failed worker."""
+    if ignore_signals:
+        from pretrain.engine import ignore_stop_signals
+        ignore_stop_signals()
+    atexit.register(_exit_now)
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def close_loader(it, grace_s: float = 10.0) -> None:
@@ -222,7 +248,10 @@ def close_loader(it, grace_s: float = 10.0) -> None:
     shutdown = getattr(it, "_shutdown_workers", None)
     if shutdown is None:          # num_workers=0: nothing to stop
         return
-    shutdown()
+    try:
+        shutdown()
+    except RuntimeError as err:   # torch's SIGCHLD check: a worker died while being stopped
+        log.debug("loader shutdown: %s", err)
     deadline = time.monotonic() + grace_s
     for w in getattr(it, "_workers", []):
         w.join(timeout=max(0.0, deadline - time.monotonic()))

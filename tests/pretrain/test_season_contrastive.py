@@ -91,6 +91,24 @@ def test_queue_is_a_ring_buffer_of_the_newest_keys():
     assert obj.queue[0, :, 0].tolist() == [10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
 
 
+def _pretrain(obj, data: dict, steps: int, batch: int, lr: float, weight_decay: float = 0.01) -> list[float]:
+    """`steps` AdamW steps on random batches of `data` (the loop's set_progress hook included);
+    -> the losses."""
+    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(0)
+    n = data["image"].shape[0]
+    losses = []
+    for step in range(steps):
+        obj.set_progress(step, steps)
+        idx = torch.randperm(n, generator=g)[:batch]
+        out = obj({k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in data.items()})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    return losses
+
+
 def test_loss_falls_on_real_multi_date_chips(tmp_path):
     r = subprocess.run([sys.executable, "-m", "data_prep", "run", "configs/prep/ssl4eo_seasons.yaml",
                         f"output.path={tmp_path / 'data'}", "--quiet"], cwd=ROOT, capture_output=True, text=True)
@@ -98,17 +116,7 @@ def test_loss_falls_on_real_multi_date_chips(tmp_path):
     data = load_all(tmp_path / "data")
     assert data["image"].shape[:2] == (64, 2) and len(set(data["key"])) == 64      # 64 places x 2 dates
     obj = tiny_objective("season_contrastive", negatives="batch", ema_momentum=0.9).train()
-    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    losses = []
-    for step in range(24):
-        obj.set_progress(step, 24)
-        idx = torch.randperm(64, generator=g)[:16]
-        out = obj({k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in data.items()})
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
+    losses = _pretrain(obj, data, steps=24, batch=16, lr=2e-3)
     first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
     assert last < first - 0.3, losses
 
@@ -137,16 +145,7 @@ def test_learned_embeddings_find_the_other_season_of_unseen_places():
     obj = build_objective("season_contrastive", backbone, mode="season_invariant", negatives="batch",
                           proj_hidden_dim=128, proj_dim=64, crop_scale=[0.7, 1.0], flips=False,
                           ema_momentum=0.9, ema_momentum_end=0.9).train()
-    params = [p for p in obj.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
-    g = torch.Generator().manual_seed(0)
-    for step in range(300):
-        obj.set_progress(step, 300)
-        idx = torch.randperm(1024, generator=g)[:32]
-        out = obj({k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in train.items()})
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+    _pretrain(obj, train, steps=300, batch=32, lr=1e-3, weight_decay=0.05)
     raw = retrieval_top1(test["image"][:, 0].flatten(1), test["image"][:, 1].flatten(1))
     top1, pairs = scores(obj.backbone)
     assert raw < 0.05 and before[0] < 0.05, (raw, before)     # the fixture is not trivially solved

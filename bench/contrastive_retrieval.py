@@ -40,8 +40,8 @@ from pretrain.engine import lr_multiplier  # noqa: E402
 from pretrain.models import build_backbone  # noqa: E402
 from pretrain.objectives import build_objective  # noqa: E402
 from tests.conftest import SSL4EO_S2A  # noqa: E402
-from tests.pretrain.contrastive_helpers import (chip_column, derived_landcover, load_all,  # noqa: E402
-                                                 neighbour_label_similarity, pair_accuracy, retrieval_top1,
+from tests.pretrain.contrastive_helpers import (chip_column, date_embeddings, derived_landcover,  # noqa: E402
+                                                 load_all, neighbour_label_similarity, pair_accuracy, retrieval_top1,
                                                  seasonal_places, take)
 
 # Light views and a fast teacher: 16-px chips and a thousand CPU steps cannot learn rotation
@@ -72,14 +72,9 @@ def encoder(seed: int, args) -> torch.nn.Module:
     return build_backbone("vit", "tiny", embed_dim=args.dim, num_heads=4, depth=args.depth, patch_size=args.patch)
 
 
-@torch.no_grad()
 def evaluate(backbone, batch: dict) -> dict:
     """Season retrieval and land-cover grouping of a set of places (module docstring)."""
-    backbone.eval()
-    emb = [backbone.forward_features(batch["image"][:, t], batch["wavelengths_nm"], batch["gsd_m"])["pooled"]
-           for t in (0, 1)]
-    backbone.train()
-    return scores(emb[0], emb[1], batch["landcover"])
+    return scores(*date_embeddings(backbone, batch), batch["landcover"])
 
 
 def scores(a: torch.Tensor, b: torch.Tensor, landcover: torch.Tensor) -> dict:

@@ -116,6 +116,18 @@ def retrieval_top1(emb_a: torch.Tensor, emb_b: torch.Tensor) -> float:
     return float(((a @ b.T).argmax(1) == torch.arange(len(a))).float().mean())
 
 
+@torch.no_grad()
+def date_embeddings(backbone, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled embeddings (B, D) of dates 0 and 1 of a multi-date batch (what fine-tuning
+    uses), computed in eval mode; the backbone's mode is restored."""
+    training = backbone.training
+    backbone.eval()
+    a, b = (backbone.forward_features(batch["image"][:, t], batch["wavelengths_nm"], batch["gsd_m"])["pooled"]
+            for t in (0, 1))
+    backbone.train(training)
+    return a, b
+
+
 def pair_accuracy(emb_a: torch.Tensor, emb_b: torch.Tensor) -> float:
     """Share of pairs (i, j != i) with cos(a_i, b_i) > cos(a_i, b_j): two dates of one place
     closer than two places (0.5 = no better than chance)."""

@@ -128,15 +128,12 @@ def test_learned_embeddings_find_the_other_season_of_unseen_places():
     date 2, far above the same encoder at random init and raw pixels, which cannot."""
     from pretrain.models import build_backbone
     from pretrain.objectives import build_objective
-    from tests.pretrain.contrastive_helpers import pair_accuracy, retrieval_top1, seasonal_places
+    from tests.pretrain.contrastive_helpers import date_embeddings, pair_accuracy, retrieval_top1, seasonal_places
 
     train, test = seasonal_places(1024, seed=0), seasonal_places(128, seed=1)
 
-    @torch.no_grad()
     def scores(backbone):
-        backbone.eval()
-        a, b = (backbone.forward_features(test["image"][:, t], test["wavelengths_nm"], test["gsd_m"])["pooled"]
-                for t in (0, 1))
+        a, b = date_embeddings(backbone, test)
         return retrieval_top1(a, b), pair_accuracy(a, b)
 
     torch.manual_seed(0)

@@ -40,3 +40,13 @@ def prep_recipe(tmp_path: Path, paths: list, out: Path, size: int = 32, **chips)
     p = tmp_path / f"prep_{out.name}.yaml"
     p.write_text(yaml.safe_dump(recipe))
     return p
+
+
+def prep_ssl4eo(tmp_path: Path, name: str = "ds", **chips) -> Path:
+    """The two SSL4EO-S12 L2A products prepared as 32-px chips (16 per product) in tmp_path/name,
+    in this process (`chips` as for prep_recipe) -> the dataset folder."""
+    from data_prep.cli import main as prep
+
+    out = tmp_path / name
+    assert prep(["run", str(prep_recipe(tmp_path, [SSL4EO_S2A], out, size=32, **chips)), "--quiet"]) == 0
+    return out

@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from data_prep.cli import main as prep
-from tests.conftest import ROOT, SSL4EO_S2A, prep_recipe
+from tests.conftest import ROOT, prep_ssl4eo
 
 TINY = ["model.size=tiny", "model.depth=1", "model.patch_size=8", "objective.decoder_dim=32",
         "objective.decoder_depth=1", "objective.decoder_heads=2", "data.batch_size=8", "data.num_workers=0",
@@ -17,10 +16,7 @@ TINY = ["model.size=tiny", "model.depth=1", "model.patch_size=8", "objective.dec
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("curation_train")
-    out = tmp / "ds"
-    assert prep(["run", str(prep_recipe(tmp, [SSL4EO_S2A], out, size=32, target_shard_mb=0.1)), "--quiet"]) == 0
-    return str(out)
+    return str(prep_ssl4eo(tmp_path_factory.mktemp("curation_train"), target_shard_mb=0.1))
 
 
 def _run(dataset, out, *extra):

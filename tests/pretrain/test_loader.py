@@ -7,16 +7,13 @@ import torch
 
 from data_prep.cli import main as prep
 from pretrain.data.webdataset import ShardStream, make_loader, normalize_batch
-from tests.conftest import SSL4EO_S2A, prep_recipe
+from tests.conftest import SSL4EO_S2A, prep_recipe, prep_ssl4eo
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("loader")
-    out = tmp / "ds"
     # 16 chips per product, sealed after each product -> 2 shards
-    assert prep(["run", str(prep_recipe(tmp, [SSL4EO_S2A], out, size=32, target_shard_mb=0.1)), "--quiet"]) == 0
-    return str(out)
+    return str(prep_ssl4eo(tmp_path_factory.mktemp("loader"), target_shard_mb=0.1))
 
 
 def test_batch_contract(dataset):

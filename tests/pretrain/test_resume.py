@@ -11,10 +11,9 @@ import sys
 import time
 
 import pytest
-import torch
 
-from pretrain.engine import EXIT_PREEMPTED, lr_multiplier
-from tests.conftest import ROOT, SSL4EO_S2A, prep_recipe
+from pretrain.engine import lr_multiplier
+from tests.conftest import ROOT, prep_ssl4eo
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +43,7 @@ def _metrics(run):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("resume_data")
-    _run([sys.executable, "-m", "data_prep", "run", str(prep_recipe(tmp, [SSL4EO_S2A], tmp / "data", size=32)), "--quiet"])
-    return tmp / "data"
+    return prep_ssl4eo(tmp_path_factory.mktemp("resume_data"), "data")
 
 
 def _args(data, run, *more):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SSL4EO_S2A, prep_recipe
+from tests.conftest import ROOT, prep_ssl4eo
 from tests.pretrain.test_resume import _env, _metrics, _run
 
 pytestmark = pytest.mark.slow
@@ -20,9 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("failure_data")
-    _run([sys.executable, "-m", "data_prep", "run", str(prep_recipe(tmp, [SSL4EO_S2A], tmp / "data", size=32)), "--quiet"])
-    return tmp / "data"
+    return prep_ssl4eo(tmp_path_factory.mktemp("failure_data"), "data")
 
 
 def _args(data, run, *more):

@@ -106,18 +106,24 @@ def test_all_invalid_batch_gives_zero_loss_with_grad():
     assert out["valid_fraction"].item() == 0.0
 
 
-def test_adam_steps_reduce_loss():
-    mae = make_mae()
+def overfit_losses(objective, steps: int = 30) -> list[float]:
+    """Adam steps on one fixed batch, reseeded each step so the mask (or selection) repeats:
+    a fixed problem to overfit -> the losses."""
     batch = make_batch(b=2, t=1)
-    opt = torch.optim.Adam(mae.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(objective.parameters(), lr=1e-3)
     losses = []
-    for _ in range(30):
-        torch.manual_seed(0)  # same mask every step: a fixed problem to overfit
-        loss = mae(batch)["loss"]
+    for _ in range(steps):
+        torch.manual_seed(0)
+        loss = objective(batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_adam_steps_reduce_loss():
+    losses = overfit_losses(make_mae())
     assert losses[-1] < 0.5 * losses[0], losses
 
 

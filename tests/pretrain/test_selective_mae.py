@@ -13,7 +13,7 @@ from pretrain.objectives._selection import (expansion_mix, gradient_score, score
                                             select_tokens)
 from pretrain.objectives.selective_mae import token_counts
 from tests.conftest import ROOT
-from tests.pretrain.test_mae import make_batch
+from tests.pretrain.test_mae import make_batch, overfit_losses
 
 P, SIZE = 8, 32
 L = (SIZE // P) ** 2
@@ -144,17 +144,7 @@ def test_loss_ignores_invalid_pixels():
 
 
 def test_adam_steps_reduce_loss():
-    smae = make_smae()
-    batch = make_batch(b=2, t=1)
-    opt = torch.optim.Adam(smae.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(30):
-        torch.manual_seed(0)  # same selection every step: a fixed problem to overfit
-        loss = smae(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(make_smae())
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -7,9 +7,11 @@
 Workloads (real pixels from ../shared/data/real):
 - s2_128:    Sentinel-2 L2A, 12 bands, 128x128 chips (Major-TOM cells repeated 2x2: 2136 px products)
 - enmap_64:  EnMAP-like, 224 bands, 64x64 chips (HySpecNet spectra tiled to 1024 px)
-each prepared once as WebDataset tars and once as a Zarr store, then streamed by eofm's loader
-(`make_loader` with ONE DataLoader worker process: read, decode, shuffle buffer, default
-augmentations, batches of 32 shipped as stored integers + per-sample affine in shared memory;
+each prepared as WebDataset tars, as a Zarr store (Blosc lz4, the default) and as a Zarr store
+without compression (`zarr_raw`), then streamed by eofm's loader as training runs it
+(`make_loader(reuse_buffers=True)`, in this process and through ONE DataLoader worker process:
+read, decode, shuffle buffer, default augmentations, batches of 32 shipped as stored integers +
+per-sample affine in reused shared-memory buffers, every page of each batch touched once;
 the normalisation itself runs on the accelerator in training and is timed separately here on
 one CPU core), alternating in each round with torchgeo reading the same source GeoTIFFs on the
 fly (bench/torchgeo_onthefly.py, run in the torchgeo environment).
@@ -33,10 +35,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 
-def prepare(products: list[Path], out: Path, chip: int, fmt: str) -> Path:
+# dataset variants: name -> (output.format, output.zarr_compression)
+FORMATS = {"webdataset": ("webdataset", None), "zarr": ("zarr", None), "zarr_raw": ("zarr", "none")}
+
+
+def prepare(products: list[Path], out: Path, chip: int, variant: str) -> Path:
+    fmt, compression = FORMATS[variant]
     recipe = {"sources": [{"kind": "auto", "paths": [str(p) for p in products]}],
               "chips": {"size": chip, "stride": chip, "min_valid_fraction": 0.0},
-              "output": {"path": str(out), "format": fmt, "target_shard_mb": 64}}
+              "output": {"path": str(out), "format": fmt, "target_shard_mb": 64,
+                         **({"zarr_compression": compression} if compression else {})}}
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(recipe))
     subprocess.run([sys.executable, "-m", "data_prep", "run", str(path), "--quiet"], cwd=ROOT, check=True)
@@ -48,14 +56,16 @@ def loader_rate(dataset: Path, samples: int, workers: int, batch: int = 32) -> d
     one DataLoader worker computes; torchgeo's side is measured the same way); workers=1: one
     DataLoader worker process as training runs it (spawn, batches in shared memory), in steady
     state after the prefetch queue has drained."""
+    import numcodecs.blosc
     import torch
 
     from pretrain.data.augment import AugmentSpec
     from pretrain.data.webdataset import make_loader, normalize_batch
 
     torch.set_num_threads(1)
+    numcodecs.blosc.set_nthreads(1)                # one core per side (DataLoader workers do the same)
     loader = make_loader(str(dataset), batch, rank=0, world=1, seed=0, num_workers=workers, shuffle_buffer=64,
-                         augment_spec=AugmentSpec())
+                         augment_spec=AugmentSpec(), reuse_buffers=True)     # as training runs it
     it = iter(loader)
     for _ in range(6):                             # warm-up: worker start, first shard, prefetch queue
         last = next(it)
@@ -64,6 +74,7 @@ def loader_rate(dataset: Path, samples: int, workers: int, batch: int = 32) -> d
     n = 0
     for last in itertools.islice(it, n_batches):
         n += len(last["key"])
+        last["stored"].reshape(-1)[::2048].sum()  # touch every page, as the copy to the GPU will
     dt = time.perf_counter() - t0
     del it, loader
     t1 = time.perf_counter()                       # what the accelerator does in training, here on 1 CPU core
@@ -103,7 +114,7 @@ def main() -> None:
         pt.enmap_like(work / "enmap_src_as_source", 1024, layout="as_source")   # the same pixels, the real file's layout
     runs: dict[str, list[dict]] = {}
     for name, products, chip in (("s2_128", s2, 128), ("enmap_64", enmap, 64)):
-        for fmt in ("webdataset", "zarr"):
+        for fmt in FORMATS:
             ds = work / f"{name}_{fmt}"
             if not (ds / "manifest.json").exists():
                 shutil.rmtree(ds, ignore_errors=True)
@@ -111,7 +122,7 @@ def main() -> None:
     for r in range(args.rounds):
         for name in ("s2_128", "enmap_64"):
             sides = [(f"{fmt}{suffix}", lambda fmt=fmt, w=w: loader_rate(work / f"{name}_{fmt}", args.samples, w))
-                     for fmt in ("webdataset", "zarr") for w, suffix in ((0, ""), (1, "+dataloader"))]
+                     for fmt in FORMATS for w, suffix in ((0, ""), (1, "+dataloader"))]
             if args.torchgeo_python:
                 sides.append(("on_the_fly", lambda: torchgeo_rate(args.torchgeo_python, work, name, args.samples // 2)))
                 if name == "enmap_64":
@@ -132,7 +143,7 @@ def main() -> None:
                     base = result[f"{name}/{ref}"]["samples_per_s"]
                     result[f"{name}/speedup_vs_{ref}"] = {
                         fmt: round(result[f"{name}/{fmt}"]["samples_per_s"] / base, 2)
-                        for fmt in ("webdataset", "zarr", "webdataset+dataloader", "zarr+dataloader")}
+                        for fmt in (*FORMATS, *(f"{f}+dataloader" for f in FORMATS))}
     result["workdir"] = str(work)
     print(json.dumps(result, indent=1))
     if args.out:

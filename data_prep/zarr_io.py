@@ -25,6 +25,7 @@ import fsspec
 import numpy as np
 import zarr
 
+from data_prep import zarr_shards
 from data_prep.sample import SampleError, check
 
 STORE = "store.zarr"
@@ -102,15 +103,29 @@ def _step(arr) -> int:
 
 def iter_zarr_raw(dataset_url: str, rel_path: str, storage_options: dict | None = None
                   ) -> Iterator[tuple[str, np.ndarray, np.ndarray, str]]:
-    """Yield (key, image, valid, meta JSON string) in stored order, one zarr shard read at a time."""
+    """Yield (key, image, valid, meta JSON string) in stored order, one zarr shard read at a time.
+    eofm's own sharded layout is read directly (data_prep.zarr_shards); other layouts via zarr."""
     group = open_zarr_shard(dataset_url, rel_path, storage_options)
     image, valid, meta, keys = (group[a] for a in ARRAYS)
     n, step = image.shape[0], max(1, _step(image))
+    url = _url(dataset_url, rel_path)
+    plans = [zarr_shards.plan(f"{url}/{a}", arr.metadata.to_dict()) for a, arr in (("image", image), ("valid", valid))]
+    direct = all(p is not None and p.per_shard == step for p in plans)
+    fs = fsspec.core.url_to_fs(url, **(storage_options or {}))[0] if direct else None
+    # metadata strings go through zarr (vlen-utf8), whose per-call cost is ~1 ms: read them
+    # in blocks of several zarr shards (>= 512 samples) rather than once per shard
+    block = step * max(1, 512 // step)
     for a in range(0, n, step):
         b = min(n, a + step)
-        imgs, vals, metas, ks = image[a:b], valid[a:b], meta[a:b], keys[a:b]
+        if a % block == 0:
+            m0, metas_block, keys_block = a, meta[a:a + block], keys[a:a + block]
+        metas, ks = metas_block[a - m0:b - m0], keys_block[a - m0:b - m0]
+        if direct:
+            imgs, vals = (zarr_shards.read_shard(p, a // step, fs) for p in plans)
+        else:      # one block for the zarr shard; each sample copied out so it owns its memory
+            imgs, vals = ([x.copy() for x in arr[a:b]] for arr in (image, valid))
         for i in range(b - a):
-            yield str(ks[i]), imgs[i].copy(), vals[i].copy(), str(metas[i])
+            yield str(ks[i]), imgs[i], vals[i], str(metas[i])
 
 
 def iter_zarr_shard(dataset_url: str, rel_path: str,

@@ -141,7 +141,7 @@ def train(cfg: PretrainConfig, extras: dict | None = None) -> dict:
                              num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
                              start_method=cfg.data.start_method, skip_batches=skip_batches,
                              augment_spec=cfg.data.augment, keep=curator.mask if curator is not None else None,
-                             ignore_signals=True)
+                             ignore_signals=True, reuse_buffers=True)   # each batch is consumed before the next
         with torch.random.fork_rng(devices=[]):   # starting the loader draws a seed; keep the restored RNG exact
             streams.append(iter(loader))
         return streams[-1]

@@ -10,30 +10,16 @@ batches (tested).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import torch
-from torch.utils.data import get_worker_info
 
 from pretrain.data.augment import AugmentSpec, draw_flips_rot90, sample_generator
+from pretrain.data.buffers import BatchRing
 from pretrain.data.normalize import stored_affine
 
 
 def epoch_days(iso: str) -> float:
     """'YYYY-MM-DDTHH:MM:SSZ' -> days since 1970-01-01 (UTC)."""
     return float(np.datetime64(iso.rstrip("Z"), "s").astype(np.int64)) / 86400.0
-
-
-def batch_array(shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """An uninitialised numpy array backed by a torch tensor. In a DataLoader worker the storage
-    is allocated in shared memory, as torch's default_collate does, so sending the batch to the
-    training process does not copy it once more."""
-    tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=tdtype).numpy()
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * tdtype.itemsize)
-    return torch.empty(0, dtype=tdtype).set_(storage, 0, shape).numpy()
 
 
 class Assembler:
@@ -45,10 +31,12 @@ class Assembler:
       lonlat (B,2) float32, landcover (B,K) float32 when every sample has it, key list, sensor str.
     """
 
-    def __init__(self, norm: dict, spec: AugmentSpec | None, seed: int):
+    def __init__(self, norm: dict, spec: AugmentSpec | None, seed: int, ring: BatchRing | None = None):
+        """ring: where batch tensors come from (buffers.BatchRing; default: new ones per batch)."""
         if spec is not None and (spec.crop or spec.out_size or spec.noise_std):
             raise ValueError("Assembler handles geometry-only augmentation (flips, rot90)")
         self.norm, self.spec, self.seed = norm, spec, seed
+        self.ring = ring or BatchRing(0)
         self._affine: dict[tuple, np.ndarray] = {}     # (sensor, scale, offset) -> (2, C) float32
         self._days: dict[str, float] = {}
 
@@ -74,15 +62,23 @@ class Assembler:
     def __call__(self, samples: list[dict], epochs: list[int]) -> dict:
         first = samples[0]
         n, (t, c, h, w) = len(samples), first["image"].shape
-        stored = batch_array((n, t, c, h, w), first["image"].dtype)
-        valid = batch_array((n, t, h, w), np.dtype(bool))
-        wavelengths = np.empty((n, c), np.float32)
-        gsd = np.empty(n, np.float32)
-        times = np.empty((n, t), np.float64)
-        lonlat = np.empty((n, 2), np.float32)
-        affine = np.empty((n, 2, c), np.float32)
+        ring = self.ring
+        # torch tensors all the way out: a tensor made by torch.from_numpy is not a shared
+        # storage, and sending it from a worker would copy it again (see buffers.py)
+        out = {"stored": ring.tensor("stored", (n, t, c, h, w), first["image"].dtype),
+               "valid": ring.tensor("valid", (n, t, h, w), bool),
+               "wavelengths_nm": ring.tensor("wavelengths_nm", (n, c), np.float32),
+               "gsd_m": ring.tensor("gsd_m", (n,), np.float32),
+               "times": ring.tensor("times", (n, t), np.float64),
+               "lonlat": ring.tensor("lonlat", (n, 2), np.float32),
+               "affine": ring.tensor("affine", (n, 2, c), np.float32)}
+        stored, valid, wavelengths, gsd, times, lonlat, affine = (
+            out[k].numpy() for k in ("stored", "valid", "wavelengths_nm", "gsd_m", "times", "lonlat", "affine"))
         with_lc = all(s.get("landcover") for s in samples)
-        landcover = [] if with_lc else None
+        if with_lc:
+            k_lc = len(first["landcover"]["fractions"])
+            out["landcover"] = ring.tensor("landcover", (n, k_lc), np.float32)
+            landcover = out["landcover"].numpy()
         bands = self.norm[first["sensor"]]["bands"]
         for i, (s, epoch) in enumerate(zip(samples, epochs)):
             if s["bands"] != bands:
@@ -101,14 +97,7 @@ class Assembler:
             lonlat[i] = s["lonlat"]
             affine[i] = self.affine(s)
             if with_lc:
-                landcover.append(s["landcover"]["fractions"])
-        out = {
-            "valid": torch.from_numpy(valid), "wavelengths_nm": torch.from_numpy(wavelengths),
-            "gsd_m": torch.from_numpy(gsd), "times": torch.from_numpy(times), "lonlat": torch.from_numpy(lonlat),
-            "stored": torch.from_numpy(stored), "affine": torch.from_numpy(affine),
-        }
-        if with_lc:
-            out["landcover"] = torch.tensor(landcover, dtype=torch.float32)
+                landcover[i] = s["landcover"]["fractions"]
         out["key"] = [s["key"] for s in samples]
         out["sensor"] = first["sensor"]
         return out

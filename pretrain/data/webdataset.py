@@ -19,6 +19,7 @@ import time
 from typing import Iterator
 
 import fsspec
+import numcodecs.blosc
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -29,6 +30,7 @@ from data_prep.tario import iter_tar_samples
 from data_prep.zarr_io import iter_zarr_shard
 from pretrain.data.assemble import Assembler, epoch_days
 from pretrain.data.augment import AugmentSpec, augment, sample_generator
+from pretrain.data.buffers import BatchRing, new_tensor
 from pretrain.data.index import pack_mask, sample_starts, unpack_mask
 from pretrain.data.normalize import normalization_table, normalize, stored_affine
 from pretrain.data.partition import shards_for_worker
@@ -88,7 +90,11 @@ def collate(samples: list[dict]) -> dict:
     keys += ["stored", "affine"] if "stored" in samples[0] else ["image"]
     if all("landcover" in s for s in samples):
         keys.append("landcover")                 # (B, K) class fractions, when shards carry them
-    out = {k: torch.stack([s[k] for s in samples]) for k in keys}
+    out = {}
+    for k in keys:
+        parts = [s[k] for s in samples]
+        # stacked straight into shared memory in a worker: sending it then passes a handle
+        out[k] = torch.stack(parts, out=new_tensor((len(parts), *parts[0].shape), parts[0].numpy().dtype))
     out["key"] = [s["key"] for s in samples]
     out["sensor"] = samples[0]["sensor"]
     return out
@@ -120,9 +126,11 @@ class ShardStream(IterableDataset):
 
     def __init__(self, dataset_url: str, batch_size: int, rank: int, world: int, seed: int,
                  shuffle_buffer: int = 256, start_epoch: int = 0, skip_batches: int = 0,
-                 augment_spec: AugmentSpec | None = None, keep: np.ndarray | None = None):
+                 augment_spec: AugmentSpec | None = None, keep: np.ndarray | None = None, ring_slots: int = 0):
         """keep: optional (N,) bool mask over global sample indices (manifest shard order, then
-        position), e.g. a curation keep-list; only those samples are streamed."""
+        position), e.g. a curation keep-list; only those samples are streamed.
+        ring_slots: reuse that many batch buffers per shape (buffers.BatchRing and its contract);
+        0: every batch gets new memory."""
         self.url = dataset_url
         self.manifest = manifest_mod.read(dataset_url)
         self.urls = manifest_mod.shard_urls(dataset_url, self.manifest)
@@ -131,6 +139,7 @@ class ShardStream(IterableDataset):
         self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
         self.shuffle_buffer, self.start_epoch, self.skip_batches = shuffle_buffer, start_epoch, skip_batches
         self.augment = augment_spec
+        self.ring_slots = ring_slots
         self._assembler: Assembler | None = None
         counts = [int(r["samples"]) for r in self.records]
         self.starts, self.total = sample_starts(self.records), sum(counts)
@@ -175,7 +184,7 @@ class ShardStream(IterableDataset):
         spec = self.augment
         if spec is None or not (spec.crop or spec.out_size or spec.noise_std):
             if self._assembler is None:
-                self._assembler = Assembler(self.norm, spec, self.seed)
+                self._assembler = Assembler(self.norm, spec, self.seed, BatchRing(self.ring_slots))
             return self._assembler([it.sample for it in items], [it.epoch for it in items])
         # a pure function of (seed, epoch, key): the same whatever the worker count or order
         return collate([augment(to_tensors(it.sample, self.norm), spec,
@@ -207,17 +216,23 @@ class ShardStream(IterableDataset):
                 group.clear()
 
 
+PREFETCH = 4        # batches in flight per DataLoader worker
+
+
 def make_loader(dataset_url: str, batch_size: int, rank: int, world: int, seed: int, num_workers: int,
                 shuffle_buffer: int, start_method: str = "spawn", start_epoch: int = 0,
                 skip_batches: int = 0, augment_spec: AugmentSpec | None = None,
-                keep: np.ndarray | None = None, ignore_signals: bool = False) -> DataLoader:
+                keep: np.ndarray | None = None, ignore_signals: bool = False,
+                reuse_buffers: bool = False) -> DataLoader:
     """The rank's endless DataLoader over a ShardStream. ignore_signals: workers ignore SIGTERM and
-    SIGUSR1 (training: the main process decides when to stop; see engine.StopSignals)."""
+    SIGUSR1 (training: the main process decides when to stop; see engine.StopSignals).
+    reuse_buffers: batches live in a ring of PREFETCH + 2 reused buffers (buffers.py): a batch
+    stays valid while the next one is drawn, not longer (training consumes batches in turn)."""
     stream = ShardStream(dataset_url, batch_size, rank, world, seed, shuffle_buffer, start_epoch, skip_batches,
-                         augment_spec, keep)
+                         augment_spec, keep, ring_slots=PREFETCH + 2 if reuse_buffers else 0)
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"multiprocessing_context": start_method, "persistent_workers": True, "prefetch_factor": 4,
+        kwargs = {"multiprocessing_context": start_method, "persistent_workers": True, "prefetch_factor": PREFETCH,
                   "worker_init_fn": functools.partial(worker_init, ignore_signals=ignore_signals)}
     return DataLoader(stream, batch_size=None, num_workers=num_workers,
                       pin_memory=torch.cuda.is_available(), **kwargs)
@@ -230,6 +245,8 @@ def worker_init(worker_id: int = 0, ignore_signals: bool = False) -> None:
     if ignore_signals:
         from pretrain.engine import ignore_stop_signals
         ignore_stop_signals()
+    # workers are the unit of parallelism: a Blosc thread pool per worker only oversubscribes
+    numcodecs.blosc.set_nthreads(1)
     atexit.register(_exit_now)
 
 

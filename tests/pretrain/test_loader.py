@@ -156,12 +156,6 @@ def test_assembler_matches_the_general_path(dataset, spec):
         assert not torch.equal(got["stored"], collate([to_tensors(s, norm, stored=True) for s in samples])["stored"])
 
 
-def test_worker_batches_are_allocated_in_shared_memory(dataset):
-    loader = make_loader(dataset, batch_size=4, rank=0, world=1, seed=0, num_workers=1, shuffle_buffer=4)
-    batch = next(iter(loader))
-    assert batch["stored"].shape == (4, 1, 12, 32, 32) and batch["stored"].is_shared()
-
-
 def test_keep_mask_streams_only_the_kept_samples(dataset):
     """A curation keep-list (bool mask over global indices) filters the stream, for any worker split."""
     from data_prep.manifest import read

@@ -135,15 +135,53 @@ def iter_zarr_shard(dataset_url: str, rel_path: str,
         yield key, make_sample(key, image, valid, meta)
 
 
+class ShardReader:
+    """Random access to the samples of one shard group. eofm's own layout is read directly
+    (data_prep.zarr_shards: a cached shard index and one range read per array and sample; the
+    metadata strings one chunk at a time, the last chunk kept); other layouts through zarr."""
+
+    def __init__(self, dataset_url: str, rel_path: str, storage_options: dict | None = None):
+        self.rel_path = rel_path
+        self.group = open_zarr_shard(dataset_url, rel_path, storage_options)
+        self.n = self.group["image"].shape[0]
+        url = _url(dataset_url, rel_path)
+        self.fs = fsspec.core.url_to_fs(url, **(storage_options or {}))[0]
+        self._pixels: dict = {}
+        self._strings: dict = {}
+        for a in ("image", "valid"):
+            p = zarr_shards.plan(f"{url}/{a}", self.group[a].metadata.to_dict())
+            self._pixels[a] = zarr_shards.SampleReader(p, self.fs) if p is not None else None
+        for a in ("meta", "key"):
+            self._strings[a] = zarr_shards.plan_strings(f"{url}/{a}", self.group[a].metadata.to_dict())
+        self._chunk: dict[str, tuple[int, list[str]]] = {}
+
+    def _string(self, a: str, i: int) -> str:
+        p = self._strings[a]
+        if p is None:
+            return str(self.group[a][i])
+        j = i // p.per_chunk
+        cached = self._chunk.get(a)
+        if cached is None or cached[0] != j:
+            cached = self._chunk[a] = (j, zarr_shards.read_strings(p, j, self.fs))
+        return cached[1][i - j * p.per_chunk]
+
+    def _array(self, a: str, i: int) -> np.ndarray:
+        r = self._pixels[a]
+        return r.read(i) if r is not None else np.asarray(self.group[a][i])
+
+    def sample(self, index: int) -> dict:
+        """Sample number `index` of the group (negative counts from the end)."""
+        n = self.n
+        if not -n <= index < n:
+            raise IndexError(f"{self.rel_path}: sample index {index} out of range for {n} samples")
+        index %= n
+        return make_sample(self._string("key", index), self._array("image", index), self._array("valid", index),
+                           self._string("meta", index))
+
+
 def read_zarr_sample(dataset_url: str, rel_path: str, index: int,
-                     storage_options: dict | None = None, group: zarr.Group | None = None) -> dict:
-    """Random access: sample number `index` of the shard (pass `group` from open_zarr_shard to
-    avoid re-opening it for every read)."""
-    group = group if group is not None else open_zarr_shard(dataset_url, rel_path, storage_options)
-    n = group["image"].shape[0]
-    if not -n <= index < n:
-        raise IndexError(f"{rel_path}: sample index {index} out of range for {n} samples")
-    index %= n
-    key = str(group["key"][index])
-    return make_sample(key, np.asarray(group["image"][index]), np.asarray(group["valid"][index]),
-                   str(group["meta"][index]))
+                     storage_options: dict | None = None, reader: ShardReader | None = None) -> dict:
+    """Random access: sample number `index` of the shard (pass a ShardReader, kept per group, to
+    avoid re-opening the group and re-reading shard indexes for every sample)."""
+    reader = reader if reader is not None else ShardReader(dataset_url, rel_path, storage_options)
+    return reader.sample(index)

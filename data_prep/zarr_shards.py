@@ -22,11 +22,13 @@ from dataclasses import dataclass
 
 import fsspec
 import google_crc32c
+import numcodecs
 import numcodecs.blosc
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 EMPTY = 2**64 - 1
+_VLEN = numcodecs.VLenUTF8()
 
 
 _scratch = threading.local()
@@ -98,50 +100,148 @@ def plan(url: str, meta: dict) -> ShardPlan | None:
                      meta.get("fill_value", 0))
 
 
+def _fs_path(url: str, fs: fsspec.AbstractFileSystem | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    if fs is None:
+        return fsspec.core.url_to_fs(url)
+    return fs, fs._strip_protocol(url)
+
+
+def _table(p: ShardPlan, url: str, tail) -> np.ndarray:
+    """The (S, 2) (offset, nbytes) table from a shard's last 16*S + 4 bytes, crc32c checked."""
+    size = 16 * p.per_shard
+    if len(tail) < size + 4:
+        raise ValueError(f"{url}: zarr shard of {len(tail)} bytes is shorter than its index ({size + 4} bytes)")
+    index = bytes(tail[len(tail) - size - 4:len(tail) - 4])
+    if google_crc32c.value(index) != int.from_bytes(tail[-4:], "little"):
+        raise ValueError(f"{url}: zarr shard index fails its crc32c check (damaged file)")
+    return np.frombuffer(index, "<u8").reshape(p.per_shard, 2)
+
+
+def _decode(p: ShardPlan, url: str, i: int, chunk) -> np.ndarray:
+    """Inner chunk i's bytes -> one sample (p.shape[1:]) in its own memory."""
+    sample = p.shape[1:]
+    nbytes = math.prod(sample) * p.dtype.itemsize
+    arr = np.empty(sample, p.dtype)
+    if p.blosc:
+        if len(chunk) < 16 or int.from_bytes(chunk[4:8], "little") != nbytes:
+            raise ValueError(f"{url}: chunk {i} is not a Blosc frame of one sample ({nbytes} bytes)")
+        try:
+            numcodecs.blosc.decompress(chunk, arr)
+        except RuntimeError as err:
+            raise ValueError(f"{url}: chunk {i} does not decompress: {err}") from None
+    elif len(chunk) != nbytes:
+        raise ValueError(f"{url}: chunk {i} holds {len(chunk)} bytes, a sample needs {nbytes}")
+    else:
+        arr[...] = np.frombuffer(chunk, p.dtype).reshape(sample)
+    return arr
+
+
+def _is_empty(off: int, n: int) -> bool:
+    return off == EMPTY and n == EMPTY
+
+
 def read_shard(p: ShardPlan, k: int, fs: fsspec.AbstractFileSystem | None = None) -> list[np.ndarray]:
     """The samples of zarr shard k: a list of arrays of shape p.shape[1:], each its own memory.
-    Raises ValueError naming the file when the shard index is damaged."""
+    Raises ValueError naming the file when the shard is damaged."""
     url = p.shard_url(k)
     count = min(p.per_shard, p.shape[0] - k * p.per_shard)
-    sample = p.shape[1:]
-    if fs is None:
-        fs, path = fsspec.core.url_to_fs(url)
-    else:
-        path = fs._strip_protocol(url)
+    fs, path = _fs_path(url, fs)
     try:
         data = _read(fs, path)
     except FileNotFoundError:           # a shard never written holds fill values only
-        return [np.full(sample, p.fill, p.dtype) for _ in range(count)]
-    size = 16 * p.per_shard
-    if len(data) < size + 4:
-        raise ValueError(f"{url}: zarr shard of {len(data)} bytes is shorter than its index ({size + 4} bytes)")
-    index = bytes(data[len(data) - size - 4:len(data) - 4])    # 16*S bytes
-    crc = int.from_bytes(data[-4:], "little")
-    if google_crc32c.value(index) != crc:
-        raise ValueError(f"{url}: zarr shard index fails its crc32c check (damaged file)")
-    table = np.frombuffer(index, "<u8").reshape(p.per_shard, 2)
-    nbytes = math.prod(sample) * p.dtype.itemsize
-    view = data
+        return [np.full(p.shape[1:], p.fill, p.dtype) for _ in range(count)]
+    table = _table(p, url, data)
+    end = len(data) - 16 * p.per_shard - 4
     out = []
     for i in range(count):
         off, n = int(table[i, 0]), int(table[i, 1])
-        if off == EMPTY and n == EMPTY:
-            out.append(np.full(sample, p.fill, p.dtype))
+        if _is_empty(off, n):
+            out.append(np.full(p.shape[1:], p.fill, p.dtype))
             continue
-        if off + n > len(data) - size - 4:
+        if off + n > end:
             raise ValueError(f"{url}: zarr shard index points past the chunk data (chunk {i})")
-        arr = np.empty(sample, p.dtype)
-        chunk = view[off:off + n]
-        if p.blosc:
-            if n < 16 or int.from_bytes(chunk[4:8], "little") != nbytes:
-                raise ValueError(f"{url}: chunk {i} is not a Blosc frame of one sample ({nbytes} bytes)")
+        out.append(_decode(p, url, i, data[off:off + n]))
+    return out
+
+
+class SampleReader:
+    """Random access to single samples of one sharded array: two range reads for the first sample
+    of a zarr shard (its index, then the chunk), one for the next ones (indexes are cached)."""
+
+    def __init__(self, p: ShardPlan, fs: fsspec.AbstractFileSystem | None = None):
+        self.plan = p
+        self.fs = fs if fs is not None else fsspec.core.url_to_fs(p.url)[0]
+        self._tables: dict[int, np.ndarray | None] = {}
+
+    def _shard(self, k: int) -> tuple[str, np.ndarray | None]:
+        url = self.plan.shard_url(k)
+        if k not in self._tables:
             try:
-                numcodecs.blosc.decompress(chunk, arr)
-            except RuntimeError as err:
-                raise ValueError(f"{url}: chunk {i} does not decompress: {err}") from None
-        elif n != nbytes:
-            raise ValueError(f"{url}: chunk {i} holds {n} bytes, a sample needs {nbytes}")
-        else:
-            arr[...] = np.frombuffer(chunk, p.dtype).reshape(sample)
-        out.append(arr)
+                tail = self.fs.cat_file(self.fs._strip_protocol(url), start=-(16 * self.plan.per_shard + 4))
+            except FileNotFoundError:
+                self._tables[k] = None
+            else:
+                self._tables[k] = _table(self.plan, url, tail)
+        return url, self._tables[k]
+
+    def read(self, index: int) -> np.ndarray:
+        """Sample `index` (0 <= index < N): an array of shape plan.shape[1:] in its own memory."""
+        p = self.plan
+        if not 0 <= index < p.shape[0]:
+            raise IndexError(f"{p.url}: sample index {index} out of range for {p.shape[0]} samples")
+        k, i = divmod(index, p.per_shard)
+        url, table = self._shard(k)
+        off, n = (EMPTY, EMPTY) if table is None else (int(table[i, 0]), int(table[i, 1]))
+        if _is_empty(off, n):
+            return np.full(p.shape[1:], p.fill, p.dtype)
+        chunk = self.fs.cat_file(self.fs._strip_protocol(url), start=off, end=off + n)
+        if len(chunk) != n:
+            raise ValueError(f"{url}: zarr shard index points past the chunk data (chunk {i})")
+        return _decode(p, url, i, chunk)
+
+
+@dataclass(frozen=True)
+class StringPlan:
+    url: str
+    n: int
+    per_chunk: int
+    blosc: bool
+
+    def chunk_url(self, j: int) -> str:
+        return f"{self.url}/c/{j}"
+
+
+def plan_strings(url: str, meta: dict) -> StringPlan | None:
+    """A 1-D UTF-8 string array stored unsharded with codecs vlen-utf8 (+ blosc), as eofm
+    writes `meta` and `key`; None otherwise (read through zarr)."""
+    try:
+        (n,), (s,) = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        names = [c.get("name") for c in meta["codecs"]]
+        enc = meta["chunk_key_encoding"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if (meta.get("zarr_format") != 3 or str(meta.get("data_type")) != "string"
+            or meta["chunk_grid"].get("name") != "regular" or meta.get("storage_transformers")
+            or enc.get("name") != "default" or enc.get("configuration", {}).get("separator", "/") != "/"
+            or names not in (["vlen-utf8"], ["vlen-utf8", "blosc"])):
+        return None
+    return StringPlan(url.rstrip("/"), int(n), int(s), names == ["vlen-utf8", "blosc"])
+
+
+def read_strings(p: StringPlan, j: int, fs: fsspec.AbstractFileSystem | None = None) -> list[str]:
+    """The strings of chunk j (per_chunk of them; zarr pads the last chunk with "")."""
+    url = p.chunk_url(j)
+    fs, path = _fs_path(url, fs)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return [""] * p.per_chunk
+    try:
+        if p.blosc:
+            data = numcodecs.blosc.decompress(data)
+        out = list(_VLEN.decode(data))
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise ValueError(f"{url}: string chunk does not decode: {err}") from None
+    if len(out) != p.per_chunk:
+        raise ValueError(f"{url}: string chunk holds {len(out)} items, expected {p.per_chunk}")
     return out

@@ -51,7 +51,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from data_prep import manifest as manifest_mod
 from data_prep.sample import decode
 from data_prep.tario import iter_tar_samples
-from data_prep.zarr_io import open_zarr_shard, read_zarr_sample
+from data_prep.zarr_io import ShardReader, read_zarr_sample
 from pretrain.data.index import sample_starts
 from pretrain.data.normalize import normalization_table
 from pretrain.data.webdataset import collate, to_tensors, worker_init
@@ -196,8 +196,8 @@ class ExactOnce(IterableDataset):
             rec = self.records[s]
             if rec.get("format") == "zarr":
                 if s not in groups:
-                    groups[s] = open_zarr_shard(self.url, rec["path"])
-                sample = read_zarr_sample(self.url, rec["path"], p, group=groups[s])
+                    groups[s] = ShardReader(self.url, rec["path"])
+                sample = read_zarr_sample(self.url, rec["path"], p, reader=groups[s])
             else:
                 cursor = cursors.get(s) if keep_open else None
                 if cursor is None:

@@ -21,11 +21,10 @@ from __future__ import annotations
 import bisect
 import os
 
-import zarr
 from torch.utils.data import Dataset
 
 from data_prep import manifest as manifest_mod
-from data_prep.zarr_io import open_zarr_shard, read_zarr_sample
+from data_prep.zarr_io import ShardReader, read_zarr_sample
 from pretrain.data.index import sample_starts
 from pretrain.data.normalize import normalization_table
 from pretrain.data.webdataset import to_tensors
@@ -65,7 +64,7 @@ class ZarrSamples(Dataset):
             if keys is not None and len(keys) != n:
                 raise ValueError(f"{self.url}: shard record {path} lists {len(keys)} keys for {n} samples")
         self.norm = normalization_table(manifest)
-        self._groups: dict[int, zarr.Group] | None = None    # opened lazily, per process
+        self._groups: dict[int, ShardReader] | None = None   # opened lazily, per process
         self._pid: int | None = None
         self._index: dict[str, int] | None = None
 
@@ -78,12 +77,12 @@ class ZarrSamples(Dataset):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
-    def _group(self, s: int) -> zarr.Group:
+    def _group(self, s: int) -> ShardReader:
         if self._groups is None or self._pid != os.getpid():     # first use, or a forked child
             self._groups, self._pid = {}, os.getpid()
         g = self._groups.get(s)
         if g is None:
-            g = self._groups[s] = open_zarr_shard(self.url, self.paths[s])
+            g = self._groups[s] = ShardReader(self.url, self.paths[s])
         return g
 
     # -- indexing -------------------------------------------------------------------------------
@@ -113,7 +112,7 @@ class ZarrSamples(Dataset):
     def _record_keys(self, s: int) -> list[str]:
         keys = self._keys[s]
         if keys is None:                         # old manifests: read the key array (no pixels)
-            keys = self._keys[s] = [str(k) for k in self._group(s)["key"][:]]
+            keys = self._keys[s] = [str(k) for k in self._group(s).group["key"][:]]
         return keys
 
     def key(self, i: int) -> str:
@@ -142,7 +141,7 @@ class ZarrSamples(Dataset):
     def raw(self, i: int) -> dict:
         """Sample i as data_prep.sample.decode gives it (stored integers, not normalised)."""
         s, p = self.locate(i)
-        return read_zarr_sample(self.url, self.paths[s], p, group=self._group(s))
+        return read_zarr_sample(self.url, self.paths[s], p, reader=self._group(s))
 
     def __getitem__(self, i: int) -> dict:
         return to_tensors(self.raw(i), self.norm)

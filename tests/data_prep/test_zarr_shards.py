@@ -111,3 +111,55 @@ def test_a_damaged_chunk_is_named(tmp_path):
     f.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"c/0/0/0/0: chunk 1 is not a Blosc frame of one sample"):
         zarr_shards.read_shard(p, 0)
+
+
+def test_single_sample_reads_match_zarr_including_fill_and_partial_shards(tmp_path):
+    arr = _array(tmp_path / "a", chunks=(1, 2, 3, 3), shards=(4, 2, 3, 3))       # shards of 4, 2 samples
+    arr[1] = 0                                       # all fill: zarr may leave the inner chunk out
+    want = zarr.open_array(str(tmp_path / "a"), mode="r")[:]
+    reader = zarr_shards.SampleReader(zarr_shards.plan(str(tmp_path / "a"), arr.metadata.to_dict()))
+    for i in (5, 0, 3, 1, 4, 2):                     # any order; shard indexes are read once and kept
+        np.testing.assert_array_equal(reader.read(i), want[i])
+    assert sorted(reader._tables) == [0, 1]
+    with pytest.raises(IndexError, match="sample index 6 out of range for 6 samples"):
+        reader.read(6)
+    shutil.rmtree(tmp_path / "a" / "c" / "1")        # a missing shard reads as fill values
+    fresh = zarr_shards.SampleReader(reader.plan)
+    assert not fresh.read(5).any()
+
+
+def test_string_chunks_match_zarr_and_other_string_layouts_are_left_to_it(tmp_path):
+    w = ZarrShardWriter(str(tmp_path), "x", 10**9, samples_per_shard=4)
+    rec = _write(w, [[_sar(f"k{i}", i) for i in range(10)]])[0]
+    base = tmp_path / rec["path"]
+    g = zarr.open_group(str(base), mode="r")
+    for name in ("meta", "key"):
+        p = zarr_shards.plan_strings(str(base / name), g[name].metadata.to_dict())
+        assert p is not None and p.per_chunk == 4
+        got = [s for j in range(3) for s in zarr_shards.read_strings(p, j)][:10]
+        assert got == [str(x) for x in g[name][:]]
+    other = zarr.create_array(str(tmp_path / "s"), shape=(4,), dtype=str, chunks=(2,), compressors=[zarr.codecs.ZstdCodec()])
+    assert zarr_shards.plan_strings(str(tmp_path / "s"), other.metadata.to_dict()) is None
+    p = zarr_shards.plan_strings(str(base / "meta"), g["meta"].metadata.to_dict())
+    (base / "meta" / "c" / "1").write_bytes(b"not a blosc frame")
+    with pytest.raises(ValueError, match=r"meta/c/1: string chunk does not decode"):
+        zarr_shards.read_strings(p, 1)
+
+
+def test_random_access_reader_gives_the_streamed_samples(tmp_path):
+    from data_prep.zarr_io import ShardReader, iter_zarr_shard
+    w = ZarrShardWriter(str(tmp_path), "x", 10**9, samples_per_shard=4)
+    rec = _write(w, [[_sar(f"k{i}", i) for i in range(10)]])[0]
+    streamed = dict(iter_zarr_shard(str(tmp_path), rec["path"]))
+    reader = ShardReader(str(tmp_path), rec["path"])
+    for i in (9, 0, 5, 4, -1):
+        s = reader.sample(i)
+        want = streamed[s["key"]]
+        assert s["key"] == f"k{i % 10}" and s.keys() == want.keys()
+        for k in s:
+            if isinstance(s[k], np.ndarray):
+                np.testing.assert_array_equal(s[k], want[k])
+            else:
+                assert s[k] == want[k]
+    with pytest.raises(IndexError, match="sample index 10 out of range for 10 samples"):
+        reader.sample(10)

@@ -105,27 +105,13 @@ def iter_zarr_raw(dataset_url: str, rel_path: str, storage_options: dict | None 
                   ) -> Iterator[tuple[str, np.ndarray, np.ndarray, str]]:
     """Yield (key, image, valid, meta JSON string) in stored order, one zarr shard read at a time.
     eofm's own sharded layout is read directly (data_prep.zarr_shards); other layouts via zarr."""
-    group = open_zarr_shard(dataset_url, rel_path, storage_options)
-    image, valid, meta, keys = (group[a] for a in ARRAYS)
-    n, step = image.shape[0], max(1, _step(image))
-    url = _url(dataset_url, rel_path)
-    plans = [zarr_shards.plan(f"{url}/{a}", arr.metadata.to_dict()) for a, arr in (("image", image), ("valid", valid))]
-    direct = all(p is not None and p.per_shard == step for p in plans)
-    fs = fsspec.core.url_to_fs(url, **(storage_options or {}))[0] if direct else None
-    # metadata strings go through zarr (vlen-utf8), whose per-call cost is ~1 ms: read them
-    # in blocks of several zarr shards (>= 512 samples) rather than once per shard
-    block = step * max(1, 512 // step)
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        if a % block == 0:
-            m0, metas_block, keys_block = a, meta[a:a + block], keys[a:a + block]
-        metas, ks = metas_block[a - m0:b - m0], keys_block[a - m0:b - m0]
-        if direct:
-            imgs, vals = (zarr_shards.read_shard(p, a // step, fs) for p in plans)
-        else:      # one block for the zarr shard; each sample copied out so it owns its memory
-            imgs, vals = ([x.copy() for x in arr[a:b]] for arr in (image, valid))
+    r = ShardReader(dataset_url, rel_path, storage_options)
+    for a in range(0, r.n, r.step):
+        b = min(r.n, a + r.step)
+        imgs, vals = r.block("image", a, b), r.block("valid", a, b)
+        keys, metas = r.strings("key", a, b), r.strings("meta", a, b)
         for i in range(b - a):
-            yield str(ks[i]), imgs[i], vals[i], str(metas[i])
+            yield keys[i], imgs[i], vals[i], metas[i]
 
 
 def iter_zarr_shard(dataset_url: str, rel_path: str,
@@ -136,14 +122,16 @@ def iter_zarr_shard(dataset_url: str, rel_path: str,
 
 
 class ShardReader:
-    """Random access to the samples of one shard group. eofm's own layout is read directly
-    (data_prep.zarr_shards: a cached shard index and one range read per array and sample; the
-    metadata strings one chunk at a time, the last chunk kept); other layouts through zarr."""
+    """Reads one shard group: samples by index (`sample`), or whole zarr shards in order (`block`,
+    `strings`; iter_zarr_raw). eofm's own layout is read directly (data_prep.zarr_shards: cached
+    shard indexes, one range read per array and sample or one read per zarr shard; the metadata
+    strings one chunk at a time, the last chunk kept); other layouts through zarr."""
 
     def __init__(self, dataset_url: str, rel_path: str, storage_options: dict | None = None):
         self.rel_path = rel_path
         self.group = open_zarr_shard(dataset_url, rel_path, storage_options)
         self.n = self.group["image"].shape[0]
+        self.step = max(1, _step(self.group["image"]))     # samples per zarr shard
         url = _url(dataset_url, rel_path)
         self.fs = fsspec.core.url_to_fs(url, **(storage_options or {}))[0]
         self._pixels: dict = {}
@@ -155,15 +143,26 @@ class ShardReader:
             self._strings[a] = zarr_shards.plan_strings(f"{url}/{a}", self.group[a].metadata.to_dict())
         self._chunk: dict[str, tuple[int, list[str]]] = {}
 
-    def _string(self, a: str, i: int) -> str:
+    def strings(self, a: str, lo: int, hi: int) -> list[str]:
+        """Items lo..hi-1 of string array `a` ("meta" or "key")."""
         p = self._strings[a]
         if p is None:
-            return str(self.group[a][i])
-        j = i // p.per_chunk
-        cached = self._chunk.get(a)
-        if cached is None or cached[0] != j:
-            cached = self._chunk[a] = (j, zarr_shards.read_strings(p, j, self.fs))
-        return cached[1][i - j * p.per_chunk]
+            return [str(x) for x in self.group[a][lo:hi]]
+        out: list[str] = []
+        for j in range(lo // p.per_chunk, (hi - 1) // p.per_chunk + 1):
+            cached = self._chunk.get(a)
+            if cached is None or cached[0] != j:
+                cached = self._chunk[a] = (j, zarr_shards.read_strings(p, j, self.fs))
+            first = j * p.per_chunk
+            out += cached[1][max(lo, first) - first:min(hi, first + p.per_chunk) - first]
+        return out
+
+    def block(self, a: str, lo: int, hi: int) -> list[np.ndarray]:
+        """Samples lo..hi-1 of pixel array `a`, each in its own memory (lo..hi: one zarr shard)."""
+        r = self._pixels[a]
+        if r is not None and r.plan.per_shard == self.step and lo % self.step == 0:
+            return zarr_shards.read_shard(r.plan, lo // self.step, self.fs)[:hi - lo]
+        return [x.copy() for x in self.group[a][lo:hi]]
 
     def _array(self, a: str, i: int) -> np.ndarray:
         r = self._pixels[a]
@@ -175,8 +174,8 @@ class ShardReader:
         if not -n <= index < n:
             raise IndexError(f"{self.rel_path}: sample index {index} out of range for {n} samples")
         index %= n
-        return make_sample(self._string("key", index), self._array("image", index), self._array("valid", index),
-                           self._string("meta", index))
+        return make_sample(self.strings("key", index, index + 1)[0], self._array("image", index),
+                           self._array("valid", index), self.strings("meta", index, index + 1)[0])
 
 
 def read_zarr_sample(dataset_url: str, rel_path: str, index: int,

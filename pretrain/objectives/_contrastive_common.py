@@ -57,7 +57,8 @@ class TeacherStudent(nn.Module):
     and define `student()`."""
 
     def student(self) -> nn.Module:
-        raise NotImplementedError
+        """The online network the teacher follows (each objective defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define student()")
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -28,6 +28,9 @@ from torch.utils.data import get_worker_info
 
 
 def torch_dtype(dtype) -> torch.dtype:
+    """A torch dtype, or the torch dtype of a numpy dtype (or its name)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
     return torch.from_numpy(np.empty(0, dtype)).dtype
 
 

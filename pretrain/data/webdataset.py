@@ -94,7 +94,7 @@ def collate(samples: list[dict]) -> dict:
     for k in keys:
         parts = [s[k] for s in samples]
         # stacked straight into shared memory in a worker: sending it then passes a handle
-        out[k] = torch.stack(parts, out=new_tensor((len(parts), *parts[0].shape), parts[0].numpy().dtype))
+        out[k] = torch.stack(parts, out=new_tensor((len(parts), *parts[0].shape), parts[0].dtype))
     out["key"] = [s["key"] for s in samples]
     out["sensor"] = samples[0]["sensor"]
     return out

@@ -95,6 +95,7 @@ class FinetuneSpec:
     head: Literal["auto", "linear", "mlp", "light", "upernet"] = "auto"   # image tasks: linear | mlp on `pooled`;
     #                                    dense tasks: linear | light | upernet; auto: linear / upernet
     layers: list[int] = field(default_factory=list)   # blocks the dense decoder reads ([] = last; upernet: 4 spread)
+    pixel_path: bool = True            # dense heads: fuse the input bands at full resolution (finetune.heads.PixelPath)
     freeze_encoder: bool = False       # train the head only (PANGAEA's frozen-encoder protocol)
     augment: bool = True               # random flips / 90-degree rotations of training chips (and their label maps)
 

@@ -10,6 +10,14 @@ Dense heads (segmentation: K class maps; regression: one map) read patch-grid fe
   upernet  UPerNet over 4 intermediate blocks: the ViT maps are rescaled to strides p/4, p/2,
            p, 2p (transposed convs / max-pool, as ViT-UPerNet does), then a pyramid-pooling
            module on the coarsest, a top-down FPN, and a fusion of all levels
+Full-resolution pixel path (DenseModel(pixel_path=True), the default): token maps have stride p,
+so a decoder that only reads them cannot draw a boundary inside a patch, and on spectrally
+defined classes loses to a per-pixel linear model of the bands. Each dense head therefore also
+gets the input bands at full resolution (PixelPath: a per-pixel 1x1 projection whose weights
+are generated from the band wavelengths, so any band set works, 2 to 200+ bands), fused with
+the decoder's upsampled features; its class layer also reads the pixel features and the
+upsampled decoder features linearly, so the head contains both a per-pixel linear model of the
+normalised bands and the token-only decoder as special cases (FullResFusion).
 Dense heads use GroupNorm (not BatchNorm): small downstream batches, batch-size independent.
 """
 from __future__ import annotations
@@ -21,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune.backbone import default_layers, feature_maps
+from pretrain.models.patch_embed import SpectralPatchEmbed
 
 IMAGE_HEADS = ("linear", "mlp")
 DENSE_HEADS = ("linear", "light", "upernet")
@@ -64,13 +73,18 @@ def _conv(cin: int, cout: int, k: int = 3) -> nn.Sequential:
 
 
 class LinearDecoder(nn.Module):
-    """[(B, D, h, w)] -> 1x1 conv on the last map -> (B, K, h, w) (upsampled by DenseModel)."""
+    """[(B, D, h, w)] -> 1x1 conv on the last map -> (B, K, h, w) (upsampled by DenseModel).
+    `features` (the last map itself, `channels` = D) is what the pixel path's fusion reads."""
 
     levels = 1
 
     def __init__(self, dim: int, num_out: int, patch_size: int):
         super().__init__()
+        self.channels = dim
         self.proj = nn.Conv2d(dim, num_out, 1)
+
+    def features(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return maps[-1]
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         return self.proj(maps[-1])
@@ -89,10 +103,15 @@ class LightDecoder(nn.Module):
             stages += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), _conv(c, max(32, c // 2))]
             c = max(32, c // 2)
         self.stages = nn.Sequential(*stages)
+        self.channels = c
         self.out = nn.Conv2d(c, num_out, 1)
 
+    def features(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, channels, ~h*p, ~w*p): the last stage, before the 1x1 class layer."""
+        return self.stages(maps[-1])
+
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        return self.out(self.stages(maps[-1]))
+        return self.out(self.features(maps))
 
 
 class UPerNetDecoder(nn.Module):
@@ -123,9 +142,14 @@ class UPerNetDecoder(nn.Module):
         self.lateral = nn.ModuleList(_conv(dim, width, 1) for _ in range(3))
         self.fpn = nn.ModuleList(_conv(width, width) for _ in range(3))
         self.fuse = _conv(4 * width, width)
+        self.channels = width
         self.out = nn.Conv2d(width, num_out, 1)
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return self.out(self.features(maps))
+
+    def features(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, width, 4h, 4w): the fused pyramid (stride p/4), before the 1x1 class layer."""
         if len(maps) != 4:
             raise ValueError(f"UPerNet takes 4 feature maps, got {len(maps)}")
         x = [f(m) for f, m in zip(self.rescale, maps)]          # strides p/4, p/2, p, 2p
@@ -137,18 +161,75 @@ class UPerNetDecoder(nn.Module):
         outs = [conv(m) for conv, m in zip(self.fpn, lat[:3])] + [lat[3]]
         size = outs[0].shape[2:]
         outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
-        return self.out(self.fuse(torch.cat(outs, 1)))
+        return self.fuse(torch.cat(outs, 1))
 
 
 DECODERS = {"linear": LinearDecoder, "light": LightDecoder, "upernet": UPerNetDecoder}
 
 
+class PixelPath(nn.Module):
+    """The input bands at full resolution: image (B, C, H, W), wavelengths_nm (C,) ->
+    (B, dim, H, W), a per-pixel linear projection (1x1, no bias, no norm: it stays linear in the
+    bands) whose (dim, C) weights are generated from the wavelengths (a 1x1 SpectralPatchEmbed,
+    the generator the encoder's patch embedding uses), so one head takes any band set.
+    `image` is the normalised input the encoder gets (zero mean, unit variance per band)."""
+
+    def __init__(self, dim: int = 32, rank: int = 4):
+        super().__init__()
+        self.dim = dim
+        self.embed = SpectralPatchEmbed(dim, patch_size=1, rank=rank)
+
+    def forward(self, image: torch.Tensor, wavelengths_nm: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = image.shape
+        return self.embed(image, wavelengths_nm).transpose(1, 2).reshape(b, self.dim, h, w)
+
+
+class FullResFusion(nn.Module):
+    """Decoder features at any stride + the pixel path -> (B, num_out, H, W) at input size.
+
+    ctx = bilinear(1x1 conv(features) -> `width`) to (H, W); pix = PixelPath(image) (B, P, H, W);
+    mixed = 3x3 conv(cat[ctx, pix]) -> GroupNorm -> GELU (B, width, H, W), where context and
+    pixel spectra meet (boundaries inside a patch); logits = 1x1 conv(cat[mixed, ctx, pix]).
+    The last layer reads pix and ctx directly, so a per-pixel linear model of the normalised bands
+    (and the upsampled decoder output) is one setting of it, whatever the decoder learns.
+    `linear=True` (the linear head) keeps the head linear: logits = bilinear(1x1(features)) +
+    1x1(pix), a linear model of the token features and the bands.
+    """
+
+    def __init__(self, channels: int, num_out: int, pixel_dim: int = 32, width: int = 64, linear: bool = False):
+        super().__init__()
+        self.pixel = PixelPath(pixel_dim)
+        self.linear = linear
+        if linear:
+            self.ctx = nn.Conv2d(channels, num_out, 1)
+            self.out = nn.Conv2d(pixel_dim, num_out, 1, bias=False)
+            return
+        self.ctx = nn.Conv2d(channels, width, 1)
+        self.mix = _conv(width + pixel_dim, width)
+        self.out = nn.Conv2d(2 * width + pixel_dim, num_out, 1)
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor, wavelengths_nm: torch.Tensor) -> torch.Tensor:
+        size = image.shape[2:]
+        pix = self.pixel(image, wavelengths_nm)
+        ctx = F.interpolate(self.ctx(features), size=size, mode="bilinear", align_corners=False)
+        if self.linear:
+            return ctx + self.out(pix)
+        return self.out(torch.cat([self.mix(torch.cat([ctx, pix], 1)), ctx, pix], 1))
+
+
 class DenseModel(nn.Module):
     """encoder + dense decoder: image (B, C, H, W), wavelengths_nm (C,), gsd_m (B,) ->
     (B, num_out, H, W). The decoder reads feature_maps of `layers` (default: the last block for
-    linear/light, 4 evenly spaced blocks for upernet)."""
+    linear/light, 4 evenly spaced blocks for upernet).
 
-    def __init__(self, encoder: nn.Module, num_out: int, head: str = "upernet", layers: tuple[int, ...] = ()):
+    pixel_path=True (default): the decoder's features (stride p, 1 or p/4 by head) are fused
+    with a full-resolution projection of the input bands (FullResFusion, `pixel_dim` channels),
+    so the output resolves detail inside a patch and contains a per-pixel linear model of the
+    bands. pixel_path=False: the token-only decoder, its logits resized bilinearly to (H, W).
+    """
+
+    def __init__(self, encoder: nn.Module, num_out: int, head: str = "upernet", layers: tuple[int, ...] = (),
+                 pixel_path: bool = True, pixel_dim: int = 32):
         super().__init__()
         if head not in DECODERS:
             raise ValueError(f"dense head {head!r} unknown (known: {', '.join(DECODERS)})")
@@ -158,13 +239,22 @@ class DenseModel(nn.Module):
         if len(self.layers) != cls.levels and cls.levels == 4:
             raise ValueError(f"{head} needs 4 layers, got {self.layers}")
         self.head = cls(encoder.embed_dim, num_out, encoder.patch_size)
+        self.pixel_path = pixel_path
+        if pixel_path:   # the fusion (under head., so it trains as the head) replaces the decoder's class layer
+            for name in ("out", "proj"):
+                if isinstance(getattr(self.head, name, None), nn.Module):
+                    setattr(self.head, name, None)
+            self.head.fusion = FullResFusion(self.head.channels, num_out, pixel_dim, linear=cls is LinearDecoder)
 
     def forward(self, image: torch.Tensor, wavelengths_nm: torch.Tensor, gsd_m: torch.Tensor) -> torch.Tensor:
         maps = feature_maps(self.encoder, image, wavelengths_nm, gsd_m, self.layers)
+        if self.pixel_path:
+            return self.head.fusion(self.head.features(maps), image, wavelengths_nm)
         return self.decode(maps, image.shape[2:])
 
     def decode(self, maps: list[torch.Tensor], size) -> torch.Tensor:
-        """Feature maps -> (B, num_out, *size) (bilinear resize of the decoder's output)."""
+        """Token-only path: feature maps -> (B, num_out, *size) (bilinear resize of the decoder's
+        output); used when pixel_path is off."""
         out = self.head(maps)
         return out if out.shape[2:] == tuple(size) else F.interpolate(out, size=tuple(size), mode="bilinear",
                                                                       align_corners=False)

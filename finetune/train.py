@@ -211,7 +211,8 @@ def build_model(encoder: nn.Module, task: Task, spec: FinetuneSpec) -> nn.Module
     if head not in DENSE_HEADS:
         raise FinetuneError(f"finetune.head={head}: {task.kind} takes {', '.join(DENSE_HEADS)}")
     try:
-        return DenseModel(encoder, 1 if task.kind == "regression" else len(task.classes), head, tuple(spec.layers))
+        return DenseModel(encoder, 1 if task.kind == "regression" else len(task.classes), head, tuple(spec.layers),
+                          pixel_path=spec.pixel_path)
     except ValueError as err:
         raise FinetuneError(f"finetune.layers: {err}") from None
 

@@ -1,4 +1,10 @@
-"""Shared fixtures. Real products come from ../shared/data/real (always present in CI)."""
+"""Shared fixtures and the real products the tests read.
+
+Every real product a test needs is in the repository: trimmed copies in tests/data/ (sources,
+licences and how each was cut: tests/data/README.md) and the Sentinel-2 L2A subset in
+data/quickstart/. ../shared/data/real, when present beside the repository, only adds optional
+larger cases: `needs_shared` skips them with a one-line reason when it is absent.
+"""
 from __future__ import annotations
 
 import shutil
@@ -7,16 +13,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "data" / "real"
-MAJOR_TOM = REAL / "Major-TOM-Core" / "S2L2A"
-MT_N0400 = MAJOR_TOM / "0U/0U_199R/S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"
-MT_N9999 = MAJOR_TOM / "199U/199U_1099R/S2B_MSIL2A_20200223T032739_N9999_R018_T48QUE_20230924T183543"
-SSL4EO_S2A = REAL / "SSL4EO-S12" / "s2a" / "0000200"
+DATA = ROOT / "tests" / "data"                              # bundled, trimmed real products
+QUICKSTART = ROOT / "data" / "quickstart" / "S2L2A"         # bundled real Sentinel-2 L2A
+MAJOR_TOM = DATA / "Major-TOM-Core" / "S2L2A"               # both cells, nested as Major TOM stores them
+MT_N0400 = MAJOR_TOM / "0U/0U_199R/S2A_MSIL2A_20220706T085611_N0400_R007_T33NZA_20220706T153419"  # 300 px
+MT_N9999 = QUICKSTART / "Major-TOM-Core" / "S2B_MSIL2A_20200223T032739_N9999_R018_T48QUE_20230924T183543"  # 720 px
+SSL4EO_S2A = QUICKSTART / "SSL4EO-S12"                      # two dates of location 0000200, whole 264 px
+SSL4EO_S1 = DATA / "SSL4EO-S12" / "s1" / "0000200"          # the same two dates' S1, 128 px
+BEN = DATA / "BigEarthNet"                                  # one S2 patch, one S1 patch, one reference map
+EUROSAT = DATA / "EuroSAT_MS"                               # three tiles, one per class
+HYSPECNET = DATA / "HySpecNet-11k"                          # two EnMAP L2A patches, 64 and 32 px
+
+# Optional: the untrimmed products (and data sets too large to bundle, such as EuroSAT_MS_dev).
+SHARED_REAL = ROOT.parent / "shared" / "data" / "real"
+REAL = SHARED_REAL                                          # its older name
 
 
-def pytest_sessionstart(session):
-    if not REAL.is_dir():
-        raise pytest.UsageError(f"real test data not found at {REAL} (../shared/data/real beside the repo)")
+def needs_shared(*parts: str) -> Path:
+    """SHARED_REAL/parts; skips the calling test (or fixture) when it is not there."""
+    path = SHARED_REAL.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"optional: {Path('../shared/data/real', *parts)} not beside the repository")
+    return path
 
 
 @pytest.fixture

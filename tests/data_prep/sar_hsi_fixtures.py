@@ -15,14 +15,12 @@ import numpy as np
 import rasterio
 
 from data_prep.sources.enmap import ENMAP_L2A_NOMINAL_WAVELENGTHS_NM
-from tests.conftest import REAL
+from tests.conftest import BEN, HYSPECNET, SSL4EO_S1  # noqa: F401  (SSL4EO_S1, HYSPECNET: for the tests)
 from tests.fixtures import write_raster
 
-SSL4EO_S1 = REAL / "SSL4EO-S12" / "s1" / "0000200"
-BEN_S1 = REAL / "BigEarthNet" / "BigEarthNet-S1" / "S1A_IW_GRDH_1SDV_20170613T165043" / \
+BEN_S1 = BEN / "BigEarthNet-S1" / "S1A_IW_GRDH_1SDV_20170613T165043" / \
     "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_70_48"
-HYSPECNET = REAL / "HySpecNet-11k"
-HYSPECNET_PATCH = sorted(HYSPECNET.iterdir())[0]
+HYSPECNET_PATCH = sorted(HYSPECNET.iterdir())[0]                # 64 x 64 px (tests/data: a window of 128 x 128)
 
 # ----------------------------------------------------------------------------- Sentinel-1
 

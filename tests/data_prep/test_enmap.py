@@ -7,6 +7,7 @@ import rasterio
 
 from data_prep.sources import ProductError, Window, find_products
 from data_prep.sources import enmap
+from tests.conftest import DATA, needs_shared
 from tests.data_prep.sar_hsi_fixtures import (EMPTY_BANDS, ENMAP_NAME, FLAGS, HYSPECNET, HYSPECNET_PATCH,
                                               NODATA_PIXEL, SSL4EO_S1, TORCHGEO_KEEP, copy_hyspecnet_patch,
                                               enmap_band_table, enmap_dn, metadata_xml, rewrite_layer,
@@ -24,18 +25,23 @@ def _numbers(scene):
 
 # ----------------------------------------------------------------------------- HySpecNet-11k (real)
 
-def test_hyspecnet_patch_all_224_wavelengths_and_reflectance():
-    scene = enmap.open_product(str(HYSPECNET_PATCH), drop_water_vapour=False, drop_empty_bands=False)
+@pytest.mark.parametrize("copy", ["bundled", "full"])
+def test_hyspecnet_patch_all_224_wavelengths_and_reflectance(copy):
+    # bundled: a 64 px window of the 128 px patch; full: the whole patch from ../shared (optional)
+    patch, side = (HYSPECNET_PATCH, 64) if copy == "bundled" else \
+        (needs_shared(*HYSPECNET_PATCH.relative_to(DATA).parts), 128)
+    scene = enmap.open_product(str(patch), drop_water_vapour=False, drop_empty_bands=False)
     wl = np.asarray(scene.wavelengths_nm)
     assert len(wl) == 224 and np.all(np.diff(wl) > 0) and 415 < wl[0] < 425 and 2435 < wl[-1] < 2450
     assert scene.sensor == "enmap" and scene.units == "surface reflectance" and scene.gsd_m == 30.0
     assert scene.time == "2022-11-03T16:24:38Z" and scene.crs == "EPSG:32618" and scene.dtype == "int16"
+    assert (scene.height, scene.width) == (side, side)
     rad = scene.radiometry
     assert rad["gain_source"].startswith("HySpecNet-11k convention") and scene.scale == [1e-4] * 224
     assert rad["wavelength_source"].startswith("nominal EnMAP L2A")
-    with rasterio.open(next(HYSPECNET_PATCH.glob("*-SPECTRAL_IMAGE.TIF"))) as src:
-        raw = src.read(window=((60, 70), (60, 70)))
-    stored, valid = scene.read(Window(60, 60, 10, 10))
+    with rasterio.open(next(patch.glob("*-SPECTRAL_IMAGE.TIF"))) as src:
+        raw = src.read(window=((50, 60), (50, 60)))
+    stored, valid = scene.read(Window(50, 50, 10, 10))
     np.testing.assert_array_equal(stored, raw)
     assert not valid.any()               # 22 all-nodata bands kept: every pixel lacks them
     blue = int(np.argmin(np.abs(wl - 490)))
@@ -84,12 +90,12 @@ def test_hyspecnet_quality_layers_invalidate_flagged_pixels(tmp_path):
     flag("QL_QUALITY_HAZE", 50, 50)              # haze and snow: not masked
     flag("QL_QUALITY_SNOW", 51, 51)
     flag("QL_QUALITY_CLASSES", 60, 61, value=3)  # background
-    flag("QL_PIXELMASK", 70, 70)                 # every band defective
+    flag("QL_PIXELMASK", 62, 62)                 # every band defective
     scene = enmap.open_product(str(patch))
     _, valid = _full(scene)
-    expected = np.ones((128, 128), bool)
+    expected = np.ones((64, 64), bool)
     expected[0:10, 0:10] = False
-    for r, c in [(20, 30), (40, 40), (60, 61), (70, 70)]:
+    for r, c in [(20, 30), (40, 40), (60, 61), (62, 62)]:
         expected[r, c] = False
     np.testing.assert_array_equal(valid, expected)
 
@@ -250,7 +256,7 @@ def test_prep_run_writes_enmap_and_sentinel1_samples(tmp_path):
     assert main(["run", str(prep_recipe(tmp_path, [HYSPECNET_PATCH, BEN_S1], out, size=32))]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted((p["sensor"], p["outcome"], p["chips"]) for p in manifest["products"]) == [
-        ("enmap", "written", 16), ("sentinel1", "written", 9)]
+        ("enmap", "written", 4), ("sentinel1", "written", 9)]       # 64 px and 120 px patches
     sensors = manifest["sensors"]
     assert len(sensors["enmap"]["bands"]) == 202 and sensors["enmap"]["units"] == "surface reflectance"
     assert sensors["sentinel1"]["bands"] == ["VV", "VH"] and sensors["sentinel1"]["units"] == "backscatter dB"

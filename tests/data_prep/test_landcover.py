@@ -12,10 +12,10 @@ from rasterio.warp import transform_bounds
 
 from data_prep.landcover import PRESETS, LandcoverMap, LandcoverSpec
 from data_prep.sources import ProductError
-from tests.conftest import REAL
+from tests.conftest import BEN
 from tests.fixtures import write_raster
 
-BEN_MAPS = REAL / "BigEarthNet" / "Reference_Maps"
+BEN_MAPS = BEN / "Reference_Maps"
 
 # A 64 x 64 chip of 10 m on UTM 33N, centred on the zone's central meridian (15 E), where the
 # meridian is a straight vertical line on the grid.

@@ -6,7 +6,7 @@ from data_prep.recipe import ConfigError, load_recipe
 from data_prep.regrid import coarsen
 from data_prep.sources import ProductError, Window, open_product
 from data_prep.config import PrepConfig
-from tests.conftest import SSL4EO_S2A, REAL
+from tests.conftest import SSL4EO_S1, SSL4EO_S2A
 
 
 def test_coarsen_is_the_mean_of_valid_pixels():
@@ -23,8 +23,7 @@ def test_coarsen_is_the_mean_of_valid_pixels():
 
 
 def test_sar_is_averaged_in_linear_power():
-    s1 = REAL / "SSL4EO-S12" / "s1" / "0000200"
-    scene = open_product("sentinel1", str(sorted(s1.iterdir())[0]))
+    scene = open_product("sentinel1", str(sorted(SSL4EO_S1.iterdir())[0]))
     fine, _ = scene.read(Window(0, 0, 2, 2))
     got, _ = coarsen(scene, scene.gsd_m * 2).read(Window(0, 0, 1, 1))
     db = fine.astype(float) * 0.01

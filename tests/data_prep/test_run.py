@@ -9,7 +9,7 @@ import pytest
 from data_prep.cli import main
 from data_prep.sample import decode, physical
 from data_prep.tario import iter_tar_samples
-from tests.conftest import MT_N0400, ROOT, SSL4EO_S2A, prep_recipe
+from tests.conftest import DATA, MT_N0400, ROOT, SSL4EO_S2A, needs_shared, prep_recipe
 
 
 def _cli(*args):
@@ -97,11 +97,15 @@ def test_bad_recipe_key_fails_before_work(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
-def test_major_tom_product_chips(tmp_path):
+@pytest.mark.parametrize("cell", ["bundled", "full"])
+def test_major_tom_product_chips(tmp_path, cell):
+    # bundled: a 300 px window of the cell; full: the whole 1068 px cell from ../shared (optional)
+    product, side = (MT_N0400, 300) if cell == "bundled" else \
+        (needs_shared(*MT_N0400.relative_to(DATA).parts), 1068)
     out = tmp_path / "ds"
-    assert main(["run", str(prep_recipe(tmp_path, [MT_N0400], out, size=256, min_valid_fraction=0.5)), "--quiet"]) == 0
+    assert main(["run", str(prep_recipe(tmp_path, [product], out, size=256, min_valid_fraction=0.5)), "--quiet"]) == 0
     m = json.loads((out / "manifest.json").read_text())
-    assert m["samples"] == (1068 // 256) ** 2
+    assert m["samples"] == (side // 256) ** 2
     assert m["products"][0]["radiometry"]["add_offset"] == -1000.0
 
 

@@ -8,6 +8,7 @@ import rasterio
 from data_prep.bands import SAR_PSEUDO_WAVELENGTH_NM
 from data_prep.sources import ProductError, Window, find_products
 from data_prep.sources import sentinel1 as s1
+from tests.conftest import DATA, needs_shared
 from tests.data_prep.sar_hsi_fixtures import (BEN_S1, S1_STYLES, SSL4EO_S1, linear_backscatter, write_s1_db_folder,
                                               write_s1_product)
 from tests.fixtures import write_raster
@@ -22,9 +23,12 @@ def _raw(path):
         return src.read(1).astype(np.float64)
 
 
+@pytest.mark.parametrize("copy", ["bundled", "full"])
 @pytest.mark.parametrize("product", sorted(p.name for p in SSL4EO_S1.iterdir()))
-def test_ssl4eo_s12_db_is_stored_at_0_01_db(product):
-    folder = SSL4EO_S1 / product
+def test_ssl4eo_s12_db_is_stored_at_0_01_db(product, copy):
+    # bundled: a 128 px window of the 264 px patch; full: the whole patch from ../shared (optional)
+    folder, side = (SSL4EO_S1 / product, 128) if copy == "bundled" else \
+        (needs_shared(*(SSL4EO_S1 / product).relative_to(DATA).parts), 264)
     scene = s1.open_product(str(folder))
     assert scene.sensor == "sentinel1" and scene.units == "backscatter dB" and scene.dtype == "int16"
     assert scene.bands == ["VV", "VH"] and scene.wavelengths_nm == [SAR_PSEUDO_WAVELENGTH_NM["VV"],
@@ -36,7 +40,7 @@ def test_ssl4eo_s12_db_is_stored_at_0_01_db(product):
     rad = scene.radiometry
     assert rad["input_scale"] == "dB" and "COPERNICUS/S1_GRD" in rad["scale_source"] and rad["quantity"] == "sigma0"
     stored, valid = _full(scene)
-    assert stored.shape == (2, 264, 264) and valid.all()
+    assert stored.shape == (2, side, side) and valid.all()
     for i, pol in enumerate(scene.bands):
         raw = _raw(folder / f"{pol}.tif")
         assert np.abs(stored[i] * 0.01 - raw).max() <= 0.005 + 1e-9

@@ -1,4 +1,4 @@
-"""The Sentinel-2 per-band GeoTIFF reader on real Major-TOM and SSL4EO-S12 products."""
+"""The Sentinel-2 per-band GeoTIFF reader on real Major-TOM, SSL4EO-S12 and BigEarthNet products."""
 import numpy as np
 import pytest
 import rasterio
@@ -110,11 +110,11 @@ def test_unreadable_geotiff_is_a_clear_error(ssl4eo_copy):
 
 # --- BigEarthNet v2 (band files with a product prefix), STAC items, name filters ------------------
 
-from tests.conftest import REAL  # noqa: E402
+from tests.conftest import BEN  # noqa: E402
 from tests.data_prep.s2_fixtures import (B04_MARK_PX, BASE, N10, make_band_folder, make_stac_folder,  # noqa: E402
                                          mtd_xml)
 
-BEN_S2 = REAL / "BigEarthNet" / "BigEarthNet-S2"
+BEN_S2 = BEN / "BigEarthNet-S2"
 BEN_TILE = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
 BEN_PATCH = BEN_S2 / BEN_TILE / f"{BEN_TILE}_75_43"
 

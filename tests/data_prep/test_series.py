@@ -6,9 +6,8 @@ from data_prep import sample as sample_contract
 from data_prep.chips import chip_key
 from data_prep.series import (cut_series, footprint_key, group_by_footprint, season_of, select_frames)
 from data_prep.sources import ProductError, Scene, Window, find_products, open_product
-from tests.conftest import REAL, SSL4EO_S2A
+from tests.conftest import SSL4EO_S1, SSL4EO_S2A
 
-SSL4EO_S1 = REAL / "SSL4EO-S12" / "s1" / "0000200"
 UTM = (10.0, 0.0, 600000.0, 0.0, -10.0, 5000000.0)
 
 

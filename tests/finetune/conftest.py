@@ -1,4 +1,7 @@
-"""Fixtures for finetune tests: a small real dataset (built with eofm-prep) and tiny exports."""
+"""Fixtures for finetune tests: a small real dataset (built with eofm-prep) and tiny exports.
+
+The real samples are bundled (tests/data, data/quickstart); SHARED_REAL (../shared/data/real) is
+optional: tests that need it (e.g. EuroSAT_MS_dev) call tests.conftest.needs_shared."""
 from __future__ import annotations
 
 import json
@@ -9,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import BEN, EUROSAT, SHARED_REAL, SSL4EO_S2A  # noqa: F401  (re-exported)
+
 REPO = Path(__file__).resolve().parents[2]
-SHARED_REAL = REPO.parent / "shared/data/real"
-SSL4EO_S2 = SHARED_REAL / "SSL4EO-S12/s2a"
+SSL4EO_S2 = SSL4EO_S2A
 
 
 def make_export(folder: Path, normalization: dict, seed: int = 0, fmt: str = "eofm-export") -> Path:
@@ -56,8 +60,6 @@ def make_export_fixture():
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
     """32 Sentinel-2 L2A chips of 32x32 (2 dates of one SSL4EO-S12 location), via eofm-prep."""
-    if not SSL4EO_S2.is_dir():
-        pytest.skip(f"shared data not found at {SSL4EO_S2}")
     out = tmp_path_factory.mktemp("ft") / "data"
     cmd = [sys.executable, "-m", "data_prep", "run", str(REPO / "configs/prep/real_s2.yaml"),
            f"output.path={out}", f"sources=[{{kind: auto, paths: [{SSL4EO_S2}]}}]",
@@ -77,8 +79,6 @@ def tiny_export(tmp_path_factory, small_dataset) -> Path:
                        seed=1)
 
 
-BEN = SHARED_REAL / "BigEarthNet"
-EUROSAT = SHARED_REAL / "EuroSAT_MS"
 BEN_TILE = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
 BEN_S2_PATCH, BEN_REF_PATCH = f"{BEN_TILE}_75_43", f"{BEN_TILE}_26_57"
 
@@ -86,7 +86,7 @@ BEN_S2_PATCH, BEN_REF_PATCH = f"{BEN_TILE}_75_43", f"{BEN_TILE}_26_57"
 @pytest.fixture(scope="session")
 def bigearthnet_paired(tmp_path_factory) -> Path:
     """The real BigEarthNet layout, with the one real S2 patch filed under the patch id of the
-    one real reference map (the shared sample's S2 patch and map are of different places: fine
+    one real reference map (the bundled sample's S2 patch and map are of different places: fine
     for reader and pipeline tests, meaningless as a benchmark)."""
     import shutil
 

@@ -1,4 +1,4 @@
-"""Dataset readers on the real samples in ../shared/data/real, and the shared task steps."""
+"""Dataset readers on the real samples in tests/data, and the shared task steps."""
 import json
 import shutil
 

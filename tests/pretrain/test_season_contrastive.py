@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pretrain.objectives._contrastive_common import frames_without_replacement
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SSL4EO_S2A
 from tests.pretrain.contrastive_helpers import load_all, make_batch, tiny_objective
 
 
@@ -111,7 +111,9 @@ def _pretrain(obj, data: dict, steps: int, batch: int, lr: float, weight_decay: 
 
 def test_loss_falls_on_real_multi_date_chips(tmp_path):
     r = subprocess.run([sys.executable, "-m", "data_prep", "run", "configs/prep/ssl4eo_seasons.yaml",
-                        f"output.path={tmp_path / 'data'}", "--quiet"], cwd=ROOT, capture_output=True, text=True)
+                        f"output.path={tmp_path / 'data'}",
+                        f"sources=[{{kind: auto, paths: [{SSL4EO_S2A}], resampling: bilinear}}]", "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     data = load_all(tmp_path / "data")
     assert data["image"].shape[:2] == (64, 2) and len(set(data["key"])) == 64      # 64 places x 2 dates

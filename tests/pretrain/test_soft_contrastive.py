@@ -185,7 +185,7 @@ def test_real_run_checkpoints_the_teacher_exports_the_student_and_continues(tmp_
     lc = derived_landcover(sorted(p for p in SSL4EO_S2A.iterdir() if p.is_dir()), tmp_path / "lc.tif")
     data = tmp_path / "data"
     run("-m", "data_prep", "run", "configs/prep/ssl4eo_softcon.yaml", f"output.path={data}", f"landcover.path={lc}",
-        "--quiet")
+        f"sources=[{{kind: auto, paths: [{SSL4EO_S2A}], resampling: bilinear}}]", "--quiet")
     common = ["configs/pretrain/softcon_ssl4eo.yaml", f"data.path={data}", "data.batch_size=8", "model.depth=1",
               "objective.proj_hidden_dim=32", "objective.proj_dim=16", "objective.ema_momentum=0.5",
               "train.progress=false", "train.log_every=1", "optim.warmup_steps=1", "train.steps=3"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv and run the test suite (unit tests + the end-to-end run on ../shared/data/real).
+# Set up .venv and run the test suite (unit tests + the end-to-end run on the bundled real data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh

@@ -16,7 +16,7 @@ SRC = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/real")
 DST = Path(__file__).resolve().parent / "S2L2A"
 # The N0400 Major-TOM cell (T33NZA, 2022-07-06) is left out: it is covered by cloud from edge to
 # edge while its cloud_mask.tif marks every pixel clear, so its chips would teach nothing and
-# would be mislabelled by the quickstart's NDVI classes. The tests still read it from shared/.
+# would be mislabelled by the quickstart's NDVI classes. The tests read a cut of it in tests/data.
 PRODUCTS = [
     "Major-TOM-Core/S2L2A/199U/199U_1099R/S2B_MSIL2A_20200223T032739_N9999_R018_T48QUE_20230924T183543",
     "SSL4EO-S12/s2a/0000200/20200604T054639_20200604T054831_T43RCP",

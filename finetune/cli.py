@@ -5,10 +5,12 @@
 Loads the export (model.export: model.safetensors + config.json; the pretraining recipe is not
 needed), builds a labelled task (data.format: a prepared eofm dataset with a label source, a
 generic images/ + labels/ folder, EuroSAT class folders, BigEarthNet with reference maps),
-splits it, runs the protocols (linear probe and k-NN on frozen features, fine-tuning with
-layer-wise lr decay) under every partial-label regime (data.label_fractions x data.label_seeds),
-plus the frozen-feature protocols on a randomly initialised encoder as a baseline, and writes
-metrics.json, confusion_<protocol>.png and the resolved config.yaml into output.path.
+splits it (data.repeats times for small sets), runs the protocols (linear probe and k-NN on
+frozen features, fine-tuning with layer-wise lr decay) under every partial-label regime
+(data.label_fractions x data.label_seeds), each also on a randomly initialised twin of the
+encoder, next to an input-statistics baseline (a linear model on per-band mean and std, or on
+each pixel's bands), and writes metrics.json, confusion_<protocol>.png and the resolved
+config.yaml into output.path.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from data_prep.recipe import ConfigError
 EXAMPLE = """
 example:
   eofm-finetune configs/finetune/quickstart.yaml finetune.epochs=10 output.path=runs/ft10
+  eofm-finetune configs/finetune/eurosat_dev.yaml model.export=runs/quickstart/export
   eofm-finetune configs/finetune/eurosat.yaml data.path=/data/EuroSAT_MS data.label_fractions=[0.01,0.1,1.0] data.label_seeds=[0,1,2]
 """
 
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"labels: {report['label_source']['name']} (derived from the chips: a pipeline check, not a benchmark)"
           if report["label_source"].get("note") else f"labels: {report['label_source']['name']}")
     first = next(iter(report["protocols"].values()))
-    print(f"{report['task']}: {report['n_samples']} samples ({report['split']['method']} split; "
+    repeats = f" x {report['repeats']}" if report["repeats"] > 1 else ""
+    print(f"{report['task']}: {report['n_samples']} samples ({report['split']['method']} split{repeats}; "
           f"train {first['n_train']} at {max(report['label_fractions']):.0%} labels, test {first['n_test']}); "
           f"classes {({k: v for k, v in report['class_counts']['all'].items() if v}) or report['label_source']['classes']}")
     print(table(report))

@@ -2,9 +2,10 @@
 
 Defaults are small on purpose: ~600 chips of 32x32 or 64x64 with a tiny ViT finish in about a
 minute on a laptop CPU. Raise the epochs for a real evaluation. Protocols: linear probe on
-frozen features (dense tasks: a per-token linear layer), k-NN (image-level tasks), fine-tuning
-with layer-wise lr decay; each under every partial-label regime (data.label_fractions x
-data.label_seeds).
+frozen features (classification: cross-validated logistic regression; dense tasks: a per-token
+linear layer), k-NN (image-level tasks), fine-tuning with layer-wise lr decay; each under every
+repeated split (data.repeats) x partial-label regime (data.label_fractions x data.label_seeds),
+each also on a random-init twin of the encoder, next to an input-statistics baseline.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ class DataSpec:
     split_file: str = ""               # CSV `id,split` or a folder with train/val/test.txt ("" = <path>/split.csv or <path>/splits/)
     test_fraction: float = 0.25        # blocks: probability that a spatial block goes to test; random: share of test samples
     block_m: float = 1280.0            # side of the square spatial blocks used for the split, metres
-    seed: int = 0                      # seed of the split
+    seed: int = 0                      # seed of the split (repeats: seed, seed+1, ..., seed+repeats-1)
+    repeats: int = 1                   # evaluate on this many splits (random or blocks), report mean +- std
     normalization: Literal["auto", "export", "train"] = "auto"   # per band: export statistics, training-split statistics, or auto
     label_fractions: list[float] = field(default_factory=lambda: [1.0])   # partial-label regimes: shares of the training labels
     label_seeds: list[int] = field(default_factory=lambda: [0])          # one run per seed and fraction (subset and init); mean +- std reported
@@ -61,19 +63,32 @@ class DataSpec:
             raise ValueError(f"tile must be >= 0 pixels, got {self.tile}")
         if not self.label_fractions or any(not 0.0 < f <= 1.0 for f in self.label_fractions):
             raise ValueError(f"label_fractions must be a non-empty list of values in (0, 1], got {self.label_fractions}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if not self.label_seeds or len(set(self.label_seeds)) != len(self.label_seeds):
             raise ValueError(f"label_seeds must be a non-empty list of distinct ints, got {self.label_seeds}")
 
 
 @dataclass
 class LinearProbeSpec:
+    # classification: multinomial logistic regression (LBFGS, full batch); the L2 strength (mean
+    # cross-entropy + l2/2 ||W||^2; sklearn's C = 1 / (l2 * n_train)) is chosen per run by
+    # stratified k-fold cross-validation on the training samples
+    l2_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
+    cv_folds: int = 5
+    max_iter: int = 100                # LBFGS iterations (all strengths and folds solved together)
+    # multi-label and dense tasks: linear layer trained with AdamW + cosine lr
     epochs: int = 100                  # cheap: features are computed once, only the head trains
     lr: float = 1e-2
     weight_decay: float = 1e-4
     batch_size: int = 256
 
     def __post_init__(self):
-        _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, max_iter=self.max_iter)
+        if not self.l2_grid or any(v <= 0 for v in self.l2_grid):
+            raise ValueError(f"l2_grid must be a non-empty list of values > 0, got {self.l2_grid}")
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
 
 
 @dataclass
@@ -115,7 +130,9 @@ class FinetuneConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     protocols: list[Literal["linear_probe", "knn", "finetune"]] = field(default_factory=lambda: list(PROTOCOLS))
-    random_baseline: bool = True       # also run linear_probe / knn on a randomly initialised encoder
+    random_baseline: bool = True       # also run every protocol (fine-tuning too) on a randomly initialised twin
+    input_stats_baseline: bool = True  # and a linear model on the inputs: per-band mean + std of each image
+    #                                    (image-level tasks), the normalised bands of each pixel (dense tasks)
     linear_probe: LinearProbeSpec = field(default_factory=LinearProbeSpec)
     knn: KnnSpec = field(default_factory=KnnSpec)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)

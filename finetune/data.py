@@ -9,17 +9,21 @@ finetune.datasets (folder, eurosat, bigearthnet). Then, the same for all (`build
      labels follow (class of the image; pixel labels cut alike; multi-label from the tile's map);
   3. split (data.split): `file` (the layout's split file; `val` and unlisted samples are left
      out), `blocks` (spatial blocks of data.block_m metres hashed to test with probability
-     test_fraction), `random` (seeded, stratified per class for classification);
+     test_fraction), `random` (seeded, stratified per class for classification); with
+     data.repeats = R > 1, R splits with seeds seed .. seed+R-1 (random or blocks only);
   4. normalisation (data.normalization), per band:
        export  the export's statistics (same band name, wavelength within 5 nm); an error if any
                band has none;
-       train   mean / std over valid pixels of the training split;
+       train   mean / std over valid pixels of the training split (with R > 1 repeated splits:
+               of all the task's samples -- pixels only, no labels -- so one normalisation,
+               hence one set of frozen features, serves every split);
        auto    export statistics for a band when the export has the same band (name and
                wavelength) in the same physical units, else the training split's. The report
                lists the source of every band.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -50,7 +54,8 @@ class Task:
     (N, H, W) bool; targets by kind: classification (N,) int64, multilabel (N, K) float32 {0,1},
     segmentation (N, H, W) int64 (IGNORE = -1 does not count), regression (N, H, W) float32
     (NaN does not count); wavelengths_nm (C,) float32; gsd_m (N,) float32; groups (N,) split
-    groups (spatial blocks or keys); is_test (N,) bool."""
+    groups (spatial blocks or keys); is_test (N,) bool: the current split, one of
+    splits (R, N) bool (repeated splits, seeds split_seeds; `with_split(r)` selects one)."""
     kind: str
     images: np.ndarray
     valid: np.ndarray
@@ -67,6 +72,16 @@ class Task:
     normalization: list[dict] = field(default_factory=list)   # per band: name, mean, std, source
     split_info: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    splits: np.ndarray | None = None   # (R, N) bool is_test of every repeated split (None: is_test only)
+    split_seeds: list[int] = field(default_factory=list)
+
+    @property
+    def repeats(self) -> int:
+        return 1 if self.splits is None else len(self.splits)
+
+    def with_split(self, r: int) -> "Task":
+        """The same task (arrays shared, not copied) with repeated split r as its train/test split."""
+        return self if self.splits is None else dataclasses.replace(self, is_test=self.splits[r])
 
     @property
     def train_idx(self) -> np.ndarray:
@@ -325,8 +340,10 @@ def random_split(targets: np.ndarray, kind: str, test_fraction: float, seed: int
     return is_test
 
 
-def band_normalization(raw: Raw, train: np.ndarray, export_cfg: dict, mode: str) -> list[dict]:
-    """Per band {band, wavelength_nm, mean, std, source} following data.normalization (module doc)."""
+def band_normalization(raw: Raw, train: np.ndarray, export_cfg: dict, mode: str,
+                       data_source: str = "training split") -> list[dict]:
+    """Per band {band, wavelength_nm, mean, std, source} following data.normalization (module
+    doc); bands normalised from the data use the samples `train`, reported as `data_source`."""
     if mode == "export":
         mean, std = normalization_for(export_cfg, raw.sensor, raw.bands, raw.wavelengths_nm)
         return [{"band": b, "wavelength_nm": w, "mean": float(m), "std": float(s), "source": f"export ({raw.sensor})"}
@@ -351,16 +368,16 @@ def band_normalization(raw: Raw, train: np.ndarray, export_cfg: dict, mode: str)
             ok = raw.valid[train]
             vals = raw.physical[train, c][ok]
             if not vals.size:
-                raise FinetuneError(f"band {b}: no valid pixel in the training split to compute statistics from")
-            hit = (float(vals.mean()), max(float(vals.std()), 1e-6), "training split")
+                raise FinetuneError(f"band {b}: no valid pixel in the {data_source} to compute statistics from")
+            hit = (float(vals.mean()), max(float(vals.std()), 1e-6), data_source)
         out.append({"band": b, "wavelength_nm": float(w), "mean": hit[0], "std": hit[1], "source": hit[2]})
     return out
 
 
 def build_task(raw: Raw, export_cfg: dict, *, bands: list[str] = (), tile_size: int = 0, kind: str = "auto",
                split: str = "auto", test_fraction: float = 0.25, block_m: float = 1280.0, seed: int = 0,
-               normalization: str = "auto", default_split: str = "random") -> Task:
-    """Raw -> Task: the steps of the module doc, in order."""
+               normalization: str = "auto", default_split: str = "random", repeats: int = 1) -> Task:
+    """Raw -> Task: the steps of the module doc, in order (`repeats` splits, seeds seed, seed+1, ...)."""
     raw = select_bands(raw, list(bands))
     raw = tile(raw, tile_size)
     if kind == "multilabel" and raw.kind != "multilabel":
@@ -384,25 +401,38 @@ def build_task(raw: Raw, export_cfg: dict, *, bands: list[str] = (), tile_size: 
     if not idx.size:
         raise FinetuneError("no labelled sample left to train or test on")
     targets = raw.targets[idx]
+    if split == "file" and repeats > 1:
+        raise FinetuneError(f"data.repeats={repeats}: a split file fixes one split; use data.split=random or blocks")
+    seeds = [seed + r for r in range(repeats)]
     if split == "file":
-        is_test = np.array([raw.split[i] == "test" for i in idx])
+        splits = [np.array([raw.split[i] == "test" for i in idx])]
         groups = [raw.keys[i] for i in idx]
     elif split == "blocks":
         if raw.geo is None:
             raise FinetuneError("data.split=blocks needs georeferenced samples; use data.split=random")
         groups = [block_id(raw.geo[i], block_m) for i in idx]
-        is_test = split_blocks(groups, test_fraction, seed)
+        splits = [split_blocks(groups, test_fraction, s) for s in seeds]
     elif split == "random":
         groups = [raw.keys[i] for i in idx]
-        is_test = random_split(targets, raw.kind, test_fraction, seed)
+        splits = [random_split(targets, raw.kind, test_fraction, s) for s in seeds]
     else:
         raise FinetuneError(f"data.split={split!r} unknown (auto, file, blocks, random)")
-    if raw.kind == "classification":
-        check_split(targets, is_test, raw.classes)
-    elif is_test.all() or not is_test.any():
-        raise FinetuneError(f"the {split} split left the {'train' if is_test.all() else 'test'} split empty "
-                            f"({len(idx)} samples): change data.seed / test_fraction / block_m, or use more data")
-    norm = band_normalization(raw, idx[~is_test], export_cfg, normalization)
+    for r, is_test in enumerate(splits):
+        where = f" (repeat {r}, seed {seeds[r]})" if repeats > 1 else ""
+        try:
+            if raw.kind == "classification":
+                check_split(targets, is_test, raw.classes)
+            elif is_test.all() or not is_test.any():
+                raise FinetuneError(f"the {split} split left the {'train' if is_test.all() else 'test'} split empty "
+                                    f"({len(idx)} samples): change data.seed / test_fraction / block_m, or use more data")
+        except FinetuneError as err:
+            raise FinetuneError(f"{err}{where}") from None
+    is_test = splits[0]
+    if repeats > 1:  # one normalisation for every split: pixel statistics of all samples, no labels
+        norm = band_normalization(raw, idx, export_cfg, normalization,
+                                  f"all {len(idx)} samples (pixels only; shared by the {repeats} splits)")
+    else:
+        norm = band_normalization(raw, idx[~is_test], export_cfg, normalization)
     mean = np.array([n["mean"] for n in norm], np.float32)
     std = np.array([n["std"] for n in norm], np.float32)
     return Task(
@@ -412,10 +442,11 @@ def build_task(raw: Raw, export_cfg: dict, *, bands: list[str] = (), tile_size: 
         keys=[raw.keys[i] for i in idx], groups=groups, is_test=is_test, classes=tuple(raw.classes),
         sensor=raw.sensor, bands=list(raw.bands), n_unlabelled=n_unlabelled, normalization=norm,
         split_info={"method": split, "left_out": left_out, "test_fraction": test_fraction, "seed": seed,
+                    "repeats": repeats, "split_seeds": seeds[:len(splits)],
                     **({"block_m": block_m} if split == "blocks" else {}),
                     "groups_train": len({groups[i] for i in np.flatnonzero(~is_test)}),
                     "groups_test": len({groups[i] for i in np.flatnonzero(is_test)})},
-        notes=list(raw.notes),
+        notes=list(raw.notes), splits=np.stack(splits), split_seeds=seeds[:len(splits)],
     )
 
 

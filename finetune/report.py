@@ -62,19 +62,37 @@ def write_report(cfg, report: dict) -> Path:
     return out
 
 
+COLUMNS = (("pretrained", "pretrained"), ("random_init", "random init"), ("input_stats", "input stats"))
+
+
+def _cell(stats: dict | None) -> str:
+    if stats is None:
+        return "-"
+    return f"{stats['mean']:.3f} +- {stats['std']:.3f}" if stats["n"] > 1 else f"{stats['mean']:.3f}"
+
+
 def table(report: dict) -> str:
-    """Text table: protocol, label fraction, headline metrics (mean +- std over label seeds when
-    there are several), n_train/n_test of the first seed, seconds."""
+    """Text table from report["comparison"]: one line per protocol x label fraction x headline
+    metric, with the pretrained encoder, its random-init twin and the input-statistics baseline
+    side by side (mean +- std over label seeds x repeated splits), n_train/n_test of the first
+    run and the pretrained run's seconds; a footer says what the spread is over."""
     from finetune.train import HEADLINE
 
     metrics = HEADLINE[report["task"]]
-    lines = [f"{'protocol':<26} {'labels':>6} " + " ".join(f"{m:>15}" for m in metrics) + f" {'train/test':>11} {'time':>7}"]
+    lines = [f"{'protocol':<14} {'labels':>6} {'metric':<9} " + " ".join(f"{t:>15}" for _, t in COLUMNS)
+             + f" {'train/test':>11} {'time':>7}"]
     firsts = {(r["protocol"], str(r["label_fraction"])): r for r in reversed(report["runs"])}
-    for name, by_fraction in report["summary"].items():
-        for fraction, stats in by_fraction.items():
-            cells = [f"{s['mean']:.3f} +- {s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
-                     for s in (stats[m] for m in metrics)]
+    for name, by_fraction in report["comparison"].items():
+        for fraction, cols in by_fraction.items():
             r = firsts[(name, fraction)]
-            lines.append(f"{name:<26} {float(fraction):>6.0%} " + " ".join(f"{c:>15}" for c in cells)
-                         + f" {r['n_train']:>5}/{r['n_test']:<5} {r['seconds']:>6.1f}s")
+            for i, m in enumerate(metrics):
+                head = f"{name:<14} {float(fraction):>6.0%}" if i == 0 else " " * 21
+                tail = f" {r['n_train']:>5}/{r['n_test']:<5} {r['seconds']:>6.1f}s" if i == 0 else ""
+                lines.append(f"{head} {m:<9} " + " ".join(f"{_cell(cols.get(k) and cols[k][m]):>15}"
+                                                          for k, _ in COLUMNS) + tail)
+    n_seeds, repeats = len(report["label_seeds"]), report.get("repeats", 1)
+    lines.append(f"mean +- std over {n_seeds * repeats} runs ({repeats} split{'s' * (repeats > 1)} x {n_seeds} "
+                 f"label seed{'s' * (n_seeds > 1)}); input stats: a linear model on "
+                 + ("per-band mean and std of each image" if report["task"] in ("classification", "multilabel")
+                    else "each pixel's bands") + ", the same on every line")
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 
 Each protocol gets the task and the training indices of one partial-label regime and returns
 test-set outputs: class logits / scores (N_test, K) for image-level tasks, label maps
-(N_test, H, W) for segmentation, value maps for regression. `run` ties export, task, regimes,
-protocols and report together. Everything is seeded, so repeated CPU runs give the same numbers.
+(N_test, H, W) for segmentation, value maps for regression. `run` ties export, task, repeated
+splits, regimes, protocols, baselines and report together. Everything is seeded, so repeated
+CPU runs give the same numbers.
 """
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ from finetune.datasets import IGNORE
 from finetune.heads import DENSE_HEADS, IMAGE_HEADS, Classifier, DenseModel, linear_head, param_groups
 from finetune.metrics import (classification_metrics, multilabel_metrics, regression_metrics,
                               segmentation_metrics)
+from finetune.probe import logistic_probe
 
 FEATURE_BATCH = 64  # chips per forward pass when only features are needed (no activations kept)
+RANDOM, INPUT = "_random_init", "input_stats"   # result-name suffix of the random twin; the baseline's name
 HEADLINE = {"classification": ("accuracy", "macro_f1"), "multilabel": ("map_macro", "map_micro", "f1_micro"),
             "segmentation": ("miou", "accuracy"), "regression": ("rmse", "mae", "r2")}
 
@@ -152,10 +155,16 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, num_out: int, spec: LinearProbe
 
 
 def linear_probe(features: torch.Tensor, task: Task, train_idx: np.ndarray, spec: LinearProbeSpec,
-                 seed: int) -> np.ndarray:
-    """Linear head on frozen features of ALL task samples (`extract_features`, indexed like the
-    task), trained on `train_idx`. Returns test outputs (see module doc)."""
+                 seed: int) -> tuple[np.ndarray, dict]:
+    """Linear model on frozen features of ALL task samples (`extract_features`, indexed like the
+    task), standardised with and trained on `train_idx`. Classification: cross-validated
+    logistic regression (finetune.probe); multi-label and dense: `fit_linear`. Returns test
+    outputs (see module doc) and what the probe chose ({} when nothing was chosen)."""
     f = _standardise(features, train_idx)
+    if task.kind == "classification":
+        logits, info = logistic_probe(f[train_idx], task.targets[train_idx], f[task.test_idx], len(task.classes),
+                                      spec.l2_grid, spec.cv_folds, seed, spec.max_iter)
+        return logits, info
     scale = _target_scale(task, train_idx)
     y = torch.from_numpy(task.targets[train_idx])
     num_out = 1 if task.kind == "regression" else len(task.classes)
@@ -163,7 +172,7 @@ def linear_probe(features: torch.Tensor, task: Task, train_idx: np.ndarray, spec
     with torch.no_grad():
         out = [_outputs(task.kind, head.predict(f[task.test_idx][b]), scale)
                for b in _batches(len(task.test_idx), FEATURE_BATCH)]
-    return torch.cat(out).numpy()
+    return torch.cat(out).numpy(), {}
 
 
 def knn(features: torch.Tensor, task: Task, train_idx: np.ndarray, spec: KnnSpec) -> np.ndarray:
@@ -284,11 +293,13 @@ def load(cfg: FinetuneConfig, export_cfg: dict, progress: bool = False) -> Task:
     kind = "multilabel" if d.format == "bigearthnet" and d.task == "auto" else d.task
     return build_task(raw, export_cfg, bands=d.bands, tile_size=d.tile, kind=kind, split=d.split,
                       test_fraction=d.test_fraction, block_m=d.block_m, seed=d.seed,
-                      normalization=d.normalization, default_split="blocks" if d.format == "eofm" else "random")
+                      normalization=d.normalization, default_split="blocks" if d.format == "eofm" else "random",
+                      repeats=d.repeats)
 
 
 def summarise(results: list[dict], kind: str) -> dict:
-    """protocol -> fraction -> metric -> {mean, std, n} over the label seeds (std with ddof 0)."""
+    """protocol -> fraction -> metric -> {mean, std, n} over label seeds x repeated splits (std
+    with ddof 0)."""
     out: dict = {}
     for r in results:
         out.setdefault(r["protocol"], {}).setdefault(str(r["label_fraction"]), []).append(r)
@@ -297,12 +308,24 @@ def summarise(results: list[dict], kind: str) -> dict:
                 for f, rs in by_f.items()} for p, by_f in out.items()}
 
 
+def compare(summary: dict, protocols: list[str]) -> dict:
+    """protocol -> fraction -> {pretrained, random_init, input_stats}: the summary entries of the
+    protocol, of the same protocol on the random-init twin, and of the input-statistics baseline
+    (a linear model), side by side; a baseline that did not run is left out."""
+    base = summary.get(INPUT, {})
+    return {p: {f: {k: v for k, v in (("pretrained", stats), ("random_init", summary.get(p + RANDOM, {}).get(f)),
+                                      ("input_stats", base.get(f))) if v is not None}
+                for f, stats in summary[p].items()} for p in protocols}
+
+
 def run(cfg: FinetuneConfig, progress: bool = True) -> dict:
-    """Load the export and task, run every protocol under every partial-label regime, write the
-    report into cfg.output.path. Returns the dict written to metrics.json."""
+    """Load the export and task; for every repeated split x partial-label regime run every
+    protocol on the export and on its random-init twin, and the input-statistics baseline; write
+    the report into cfg.output.path. Returns the dict written to metrics.json."""
     from data_prep.recipe import to_dict
     from finetune import labels as label_sources
     from finetune.backbone import load_backbone, random_backbone
+    from finetune.baselines import input_features
     from finetune.report import write_report
 
     started = time.time()
@@ -319,47 +342,56 @@ def run(cfg: FinetuneConfig, progress: bool = True) -> dict:
 
     encoders = {"": encoder}
     if cfg.random_baseline:
-        encoders["_random_init"] = random_backbone(export_cfg, cfg.seed, device)
-    frozen = [p for p in cfg.protocols if p in ("linear_probe", "knn")]
-    all_idx = np.arange(len(task.keys))
-    features = {}
-    for tag, enc in encoders.items():  # frozen features once per encoder, shared by every regime
-        if frozen:
+        encoders[RANDOM] = random_backbone(export_cfg, cfg.seed, device)
+    features = {}  # frozen features once per encoder, shared by every split and regime
+    for tag, enc in encoders.items():
+        if {"linear_probe", "knn"} & set(cfg.protocols):
             t = time.time()
-            features[tag] = (extract_features(enc, task, all_idx, device, progress, f"features{tag}",
-                                              dense=not task.image_level), time.time() - t)
+            features[tag] = (extract_features(enc, task, np.arange(len(task.keys)), device, progress,
+                                              f"features{tag}", dense=not task.image_level), time.time() - t)
+    jobs = [(protocol, tag) for protocol in cfg.protocols for tag in encoders]
+    if cfg.input_stats_baseline:
+        t = time.time()
+        features[INPUT] = (input_features(task), time.time() - t)
+        jobs.append(("linear_probe", INPUT))
+    described = {"": "export", RANDOM: f"random init (seed {cfg.seed}), same architecture",
+                 INPUT: "none: linear model on " + ("per-band mean and std of each image's valid pixels"
+                                                    if task.image_level else "each pixel's bands") + " (normalised)"}
 
     settings = {"linear_probe": to_dict(cfg.linear_probe), "knn": to_dict(cfg.knn), "finetune": to_dict(cfg.finetune)}
     results = []
-    for fraction in cfg.data.label_fractions:
-        for label_seed in cfg.data.label_seeds:
-            train_idx = train_subset(task, fraction, label_seed)
-            seed = cfg.seed + label_seed
-            for protocol in cfg.protocols:
-                for tag, enc in encoders.items():
-                    if tag and protocol == "finetune":
-                        continue  # the random-init baseline is a frozen-feature comparison
+    for rep in range(task.repeats):
+        split = task.with_split(rep)
+        for fraction in cfg.data.label_fractions:
+            for label_seed in cfg.data.label_seeds:
+                train_idx = train_subset(split, fraction, label_seed)
+                seed = cfg.seed + label_seed + 1000 * rep
+                for protocol, tag in jobs:
                     t = time.time()
-                    if protocol == "linear_probe":
-                        out = linear_probe(features[tag][0], task, train_idx, cfg.linear_probe, seed)
+                    chosen = {}
+                    if protocol == "finetune":
+                        out = finetune(copy.deepcopy(encoders[tag]), split, train_idx, cfg.finetune, seed, device,
+                                       progress)
                     elif protocol == "knn":
-                        out = knn(features[tag][0], task, train_idx, cfg.knn)
+                        out = knn(features[tag][0], split, train_idx, cfg.knn)
                     else:
-                        out = finetune(copy.deepcopy(enc), task, train_idx, cfg.finetune, seed, device, progress)
+                        out, chosen = linear_probe(features[tag][0], split, train_idx, cfg.linear_probe, seed)
                     seconds = time.time() - t + (features[tag][1] if protocol != "finetune" else 0.0)
                     results.append({
-                        "protocol": protocol + tag, "label_fraction": fraction, "label_seed": label_seed,
-                        **evaluate(task, out), "n_train": int(len(train_idx)), "n_test": int(len(task.test_idx)),
-                        "seconds": round(seconds, 2),
-                        "encoder": "export" if not tag else f"random init (seed {cfg.seed}), same architecture",
-                        "settings": settings[protocol]})
+                        "protocol": INPUT if tag == INPUT else protocol + tag, "label_fraction": fraction,
+                        "label_seed": label_seed, "repeat": rep, "split_seed": task.split_seeds[rep],
+                        **evaluate(split, out),
+                        "n_train": int(len(train_idx)), "n_test": int(len(split.test_idx)),
+                        "seconds": round(seconds, 2), "encoder": described[tag], "settings": settings[protocol],
+                        **({"probe": chosen} if chosen else {})})
 
-    # The headline entry per protocol: all training labels (largest fraction), first seed.
+    # The headline entry per protocol: all training labels (largest fraction), first seed and split.
     top = max(cfg.data.label_fractions)
     headline = {}
     for r in results:
-        if r["label_fraction"] == top and r["label_seed"] == cfg.data.label_seeds[0]:
+        if r["label_fraction"] == top and r["label_seed"] == cfg.data.label_seeds[0] and r["repeat"] == 0:
             headline.setdefault(r["protocol"], r)
+    summary = summarise(results, task.kind)
     source = label_sources.get(cfg.data.labels) if cfg.data.format == "eofm" else None
     report = {
         "task": task.kind,
@@ -384,8 +416,10 @@ def run(cfg: FinetuneConfig, progress: bool = True) -> dict:
         "notes": task.notes,
         "label_fractions": cfg.data.label_fractions,
         "label_seeds": cfg.data.label_seeds,
+        "repeats": task.repeats,
+        "comparison": compare(summary, cfg.protocols),
         "protocols": headline,
-        "summary": summarise(results, task.kind),
+        "summary": summary,
         "runs": results,
         "seconds": round(time.time() - started, 2),
     }

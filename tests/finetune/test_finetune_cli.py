@@ -27,7 +27,11 @@ def test_end_to_end(capsys, tmp_path, small_dataset, tiny_export):
                               f"data.path={small_dataset}", f"output.path={out}", *FAST)
     assert rc == 0, err
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m["protocols"]) == {"linear_probe", "linear_probe_random_init", "knn", "knn_random_init", "finetune"}
+    assert set(m["protocols"]) == {"linear_probe", "linear_probe_random_init", "knn", "knn_random_init", "finetune",
+                                   "finetune_random_init", "input_stats"}
+    for protocol in ("linear_probe", "knn", "finetune"):   # each next to its random twin and the baseline
+        assert set(m["comparison"][protocol]["1.0"]) == {"pretrained", "random_init", "input_stats"}
+    assert m["protocols"]["input_stats"]["probe"]["l2"] in m["protocols"]["input_stats"]["settings"]["l2_grid"]
     assert {n["source"] for n in m["normalization"]} == {"export (sentinel2_l2a)"}
     for name, r in m["protocols"].items():
         assert math.isfinite(r["accuracy"]) and math.isfinite(r["macro_f1"])
@@ -39,7 +43,7 @@ def test_end_to_end(capsys, tmp_path, small_dataset, tiny_export):
     assert m["data"] == str(small_dataset) and m["export"] == str(tiny_export)
     assert sum(m["class_counts"]["all"].values()) == 32 - m["unlabelled_chips"]
     assert (out / "config.yaml").is_file()
-    assert "linear_probe_random_init" in stdout and str(out) in stdout
+    assert "random init" in stdout and "input stats" in stdout and str(out) in stdout
 
     # same seed, same numbers
     out2 = tmp_path / "out2"

@@ -60,7 +60,8 @@ def test_protocols_every_kind(kind):
     enc = build_backbone("vit", "tiny", depth=1, patch_size=4, embed_dim=32, num_heads=2)
     task = toy_task(kind)
     feats = extract_features(enc, task, np.arange(12), dense=not task.image_level)
-    lp = linear_probe(feats, task, task.train_idx, LinearProbeSpec(epochs=3, batch_size=4), seed=0)
+    lp, chosen = linear_probe(feats, task, task.train_idx, LinearProbeSpec(epochs=3, batch_size=4), seed=0)
+    assert (chosen["l2"] in LinearProbeSpec().l2_grid) if kind == "classification" else chosen == {}
     ft = finetune(enc, task, task.train_idx, FinetuneSpec(epochs=1, batch_size=4, head="auto"), seed=0)
     for out in (lp, ft):
         m = evaluate(task, out)
@@ -84,7 +85,7 @@ def test_partial_label_regimes_end_to_end(capsys, tmp_path, tiny_export):
     assert rc == 0, err
     m = json.loads((out / "metrics.json").read_text())
     assert m["task"] == "classification" and m["n_samples"] == 48 and "B10" in m["bands"]
-    assert len(m["runs"]) == 2 * 2 * 5                      # fractions x seeds x (3 protocols + 2 baselines)
+    assert len(m["runs"]) == 2 * 2 * 7                      # fractions x seeds x (3 protocols x 2 encoders + input stats)
     s = m["summary"]["linear_probe"]
     assert set(s) == {"0.1", "1.0"} and s["0.1"]["accuracy"]["n"] == 2
     accs = [r["accuracy"] for r in m["runs"] if r["protocol"] == "linear_probe" and r["label_fraction"] == 0.1]
@@ -110,7 +111,7 @@ def test_segmentation_folder_end_to_end(capsys, tmp_path, tiny_export, folder_da
     m = json.loads((out / "metrics.json").read_text())
     assert m["task"] == "segmentation" and m["split"]["method"] == "file" and m["chip_size"] == [56, 56]
     assert {n["source"] for n in m["normalization"]} == {"export (sentinel2_l2a)"}
-    for name in ("linear_probe", "linear_probe_random_init", "finetune"):
+    for name in ("linear_probe", "linear_probe_random_init", "finetune", "finetune_random_init", "input_stats"):
         r = m["protocols"][name]
         assert 0 <= r["miou"] <= 1 and sum(map(sum, r["confusion"])) == 56 * 56   # the test image has no ignored pixel
         assert (out / f"confusion_{name}.png").is_file()

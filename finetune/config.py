@@ -82,6 +82,8 @@ class LinearProbeSpec:
     lr: float = 1e-2
     weight_decay: float = 1e-4
     batch_size: int = 256
+    pixel_path: bool = True            # dense tasks: the linear layer also reads each pixel's normalised bands
+    #                                    (a linear model of [upsampled token features, bands]; false: tokens only)
 
     def __post_init__(self):
         _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, max_iter=self.max_iter)
@@ -111,6 +113,7 @@ class FinetuneSpec:
     #                                    dense tasks: linear | light | upernet; auto: linear / upernet
     layers: list[int] = field(default_factory=list)   # blocks the dense decoder reads ([] = last; upernet: 4 spread)
     pixel_path: bool = True            # dense heads: fuse the input bands at full resolution (finetune.heads.PixelPath)
+    pixel_init: bool = True            # dense heads with pixel_path: start from a per-pixel linear model of the bands (DenseModel.warm_start)
     freeze_encoder: bool = False       # train the head only (PANGAEA's frozen-encoder protocol)
     augment: bool = True               # random flips / 90-degree rotations of training chips (and their label maps)
 

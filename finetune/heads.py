@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -169,18 +170,29 @@ DECODERS = {"linear": LinearDecoder, "light": LightDecoder, "upernet": UPerNetDe
 
 class PixelPath(nn.Module):
     """The input bands at full resolution: image (B, C, H, W), wavelengths_nm (C,) ->
-    (B, dim, H, W), a per-pixel linear projection (1x1, no bias, no norm: it stays linear in the
-    bands) whose (dim, C) weights are generated from the wavelengths (a 1x1 SpectralPatchEmbed,
-    the generator the encoder's patch embedding uses), so one head takes any band set.
-    `image` is the normalised input the encoder gets (zero mean, unit variance per band)."""
+    (B, dim, H, W), a per-pixel linear projection (1x1, no norm, no activation: it stays linear
+    in the bands). `image` is the normalised input the encoder gets.
 
-    def __init__(self, dim: int = 32, rank: int = 4):
+    in_bands=C (what fine-tuning uses: the task's band set is known): a plain 1x1 conv, one free
+    weight per band and channel, so any per-pixel linear model of the C bands with at most `dim`
+    outputs is one setting of it, for 4 or 224 bands alike. in_bands=None: the (dim, C) weights
+    are generated from the wavelengths (a 1x1 SpectralPatchEmbed, the generator of the encoder's
+    patch embedding), so one head takes any band set."""
+
+    def __init__(self, dim: int = 32, in_bands: int | None = None, rank: int = 4):
         super().__init__()
-        self.dim = dim
-        self.embed = SpectralPatchEmbed(dim, patch_size=1, rank=rank)
+        self.dim, self.in_bands = dim, in_bands
+        if in_bands:
+            self.proj = nn.Conv2d(in_bands, dim, 1, bias=False)
+        else:
+            self.embed = SpectralPatchEmbed(dim, patch_size=1, rank=rank)
 
     def forward(self, image: torch.Tensor, wavelengths_nm: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = image.shape
+        b, c, h, w = image.shape
+        if self.in_bands:
+            if c != self.in_bands:
+                raise ValueError(f"pixel path built for {self.in_bands} bands, got an image with {c}")
+            return self.proj(image)
         return self.embed(image, wavelengths_nm).transpose(1, 2).reshape(b, self.dim, h, w)
 
 
@@ -196,10 +208,17 @@ class FullResFusion(nn.Module):
     1x1(pix), a linear model of the token features and the bands.
     """
 
-    def __init__(self, channels: int, num_out: int, pixel_dim: int = 32, width: int = 64, linear: bool = False):
+    def __init__(self, channels: int, num_out: int, pixel_dim: int = 32, width: int = 64, linear: bool = False,
+                 in_bands: int | None = None):
         super().__init__()
-        self.pixel = PixelPath(pixel_dim)
+        self.pixel = PixelPath(pixel_dim, in_bands)
         self.linear = linear
+        # With a known band set, a per-pixel linear model of all C bands added to the logits (any
+        # C, any number of outputs): what warm_start sets, leaving the pixel features O(1).
+        self.skip = nn.Conv2d(in_bands, num_out, 1) if in_bands else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
         if linear:
             self.ctx = nn.Conv2d(channels, num_out, 1)
             self.out = nn.Conv2d(pixel_dim, num_out, 1, bias=False)
@@ -213,8 +232,83 @@ class FullResFusion(nn.Module):
         pix = self.pixel(image, wavelengths_nm)
         ctx = F.interpolate(self.ctx(features), size=size, mode="bilinear", align_corners=False)
         if self.linear:
-            return ctx + self.out(pix)
-        return self.out(torch.cat([self.mix(torch.cat([ctx, pix], 1)), ctx, pix], 1))
+            out = ctx + self.out(pix)
+        else:
+            out = self.out(torch.cat([self.mix(torch.cat([ctx, pix], 1)), ctx, pix], 1))
+        return out if self.skip is None else out + self.skip(image)
+
+    @torch.no_grad()
+    def set_pixel_linear(self, weight: torch.Tensor, bias: torch.Tensor, on_features: bool = False) -> None:
+        """Make the logits exactly `weight @ x + bias` per pixel, every other input of the class
+        layer at zero weight (the decoder's share then grows from 0 in training). x: the bands
+        (weight (K, C), into `skip`; needs in_bands) or, with on_features=True, the pixel path's
+        features (weight (K, P), into the class layer)."""
+        for conv in ((self.ctx, self.out) if self.linear else (self.out,)):
+            conv.weight.zero_()
+            if conv.bias is not None:
+                conv.bias.zero_()
+        if on_features:
+            self.out.weight[:, self.out.weight.shape[1] - self.pixel.dim:, 0, 0] = weight.to(self.out.weight)
+            (self.ctx if self.linear else self.out).bias.copy_(bias)
+            return
+        if self.skip is None:
+            raise ValueError("set_pixel_linear on the bands needs a fusion built with in_bands")
+        self.skip.weight[:, :, 0, 0] = weight.to(self.skip.weight)
+        self.skip.bias.copy_(bias)
+
+
+def _sample_pixels(images: np.ndarray, targets: np.ndarray, idx: np.ndarray, kind: str, seed: int,
+                   max_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to max_pixels labelled pixels of samples `idx`: bands (M, C) float32, targets (M,)
+    (int64 class ids or float32 values). All of them when few, else seeded random draws (no
+    copy of the training images is made)."""
+    n, (h, w) = len(idx), images.shape[2:]
+    rng = np.random.default_rng(seed)
+    if n * h * w <= 2 * max_pixels:
+        flat = np.arange(n * h * w)
+    else:
+        flat = rng.choice(n * h * w, size=min(n * h * w, 4 * max_pixels), replace=False)
+    i, r, c = np.unravel_index(flat, (n, h, w))
+    y = targets[idx[i], r, c]
+    ok = np.isfinite(y) if kind == "regression" else y >= 0
+    i, r, c, y = i[ok], r[ok], c[ok], y[ok]
+    if len(y) > max_pixels:
+        keep = np.sort(rng.choice(len(y), size=max_pixels, replace=False))
+        i, r, c, y = i[keep], r[keep], c[keep], y[keep]
+    x = images[idx[i], :, r, c]                                   # (M, C)
+    return (torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+            torch.from_numpy(y.astype(np.float32 if kind == "regression" else np.int64)))
+
+
+def pixel_linear_start(images: np.ndarray, targets: np.ndarray, num_out: int, kind: str, scale=(0.0, 1.0),
+                       seed: int = 0, max_pixels: int = 50_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """fit_pixel_linear on up to `max_pixels` labelled pixels of images (N, C, H, W) / targets
+    (N, H, W) (regression values standardised with `scale`): weight (num_out, C), bias (num_out,)."""
+    x, y = _sample_pixels(images, targets, np.arange(len(images)), kind, seed, max_pixels)
+    if kind == "regression":
+        y = (y - scale[0]) / scale[1]
+    if not len(y):
+        return torch.zeros(num_out, images.shape[1]), torch.zeros(num_out)
+    return fit_pixel_linear(x, y, num_out, kind)
+
+
+def fit_pixel_linear(x: torch.Tensor, y: torch.Tensor, num_out: int, kind: str, l2: float = 1e-4,
+                     max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-pixel linear model: x (N, C) pixels (normalised bands or features), y (N,) class ids
+    (segmentation: L2 logistic regression, finetune.probe's preconditioned L-BFGS) or
+    standardised values (regression: ridge, closed form). Returns weight (num_out, C) and bias
+    (num_out,), float32. l2: mean loss + l2/2 * ||weight||^2."""
+    x = x.double()
+    if kind == "regression":
+        xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        reg = l2 * len(x) * torch.eye(xa.shape[1], dtype=x.dtype)
+        reg[-1, -1] = 0.0                                        # intercept not penalised
+        sol = torch.linalg.solve(xa.T @ xa + reg, xa.T @ y.double()[:, None])
+        return sol[:-1].T.float(), sol[-1].float()
+    from finetune.probe import fit_logistic
+
+    w, b, _ = fit_logistic(x, y.long(), num_out, [np.arange(len(x))], [l2], max_iter)
+    return w[0].T.float(), b[0].float()
 
 
 class DenseModel(nn.Module):
@@ -229,7 +323,7 @@ class DenseModel(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, num_out: int, head: str = "upernet", layers: tuple[int, ...] = (),
-                 pixel_path: bool = True, pixel_dim: int = 32):
+                 pixel_path: bool = True, pixel_dim: int = 32, in_bands: int | None = None):
         super().__init__()
         if head not in DECODERS:
             raise ValueError(f"dense head {head!r} unknown (known: {', '.join(DECODERS)})")
@@ -244,13 +338,47 @@ class DenseModel(nn.Module):
             for name in ("out", "proj"):
                 if isinstance(getattr(self.head, name, None), nn.Module):
                     setattr(self.head, name, None)
-            self.head.fusion = FullResFusion(self.head.channels, num_out, pixel_dim, linear=cls is LinearDecoder)
+            self.head.fusion = FullResFusion(self.head.channels, num_out, pixel_dim,
+                                             linear=cls is LinearDecoder, in_bands=in_bands)
 
     def forward(self, image: torch.Tensor, wavelengths_nm: torch.Tensor, gsd_m: torch.Tensor) -> torch.Tensor:
         maps = feature_maps(self.encoder, image, wavelengths_nm, gsd_m, self.layers)
         if self.pixel_path:
             return self.head.fusion(self.head.features(maps), image, wavelengths_nm)
         return self.decode(maps, image.shape[2:])
+
+    def warm_start(self, images: np.ndarray, targets: np.ndarray, idx: np.ndarray, kind: str, scale=(0.0, 1.0),
+                   wavelengths_nm=None, seed: int = 0, max_pixels: int = 50_000) -> dict:
+        """Start fine-tuning from the per-pixel linear model (linear-probe-then-fine-tune): fit it
+        on up to `max_pixels` labelled pixels (a seeded sample) of the training samples `idx` of
+        images (N, C, H, W) (normalised, as the model gets them) and targets (N, H, W) (class
+        ids, IGNORE = -1; or values, NaN = none, standardised here with `scale` = (mean, std)),
+        then set the fusion so the head computes exactly that model, the decoder's share zero.
+        Fine-tuning then starts where a per-pixel linear model ends instead of from scratch,
+        which keeps short runs from doing worse than one. Needs pixel_path. Returns
+        {pixels, seconds}."""
+        import time
+
+        if not self.pixel_path:
+            raise ValueError("warm_start needs the pixel path (pixel_path=True)")
+        t = time.time()
+        fusion = self.head.fusion
+        x, y = _sample_pixels(images, targets, np.asarray(idx), kind, seed, max_pixels)
+        if not len(y):
+            return {"pixels": 0, "seconds": 0.0}
+        if kind == "regression":
+            y = (y - scale[0]) / scale[1]
+        num_out = fusion.out.weight.shape[0]
+        on_features = not fusion.pixel.in_bands
+        if on_features:    # generated projection: fit on its (fixed) features instead of the bands
+            dev = next(fusion.parameters()).device
+            wl = torch.as_tensor(wavelengths_nm, dtype=torch.float32, device=dev)
+            with torch.no_grad():
+                x = fusion.pixel(x.T[None, :, :, None].to(dev), wl)[0, :, :, 0].T.cpu()
+        w, b = fit_pixel_linear(x, y, num_out, kind)
+        dev = fusion.out.weight.device
+        fusion.set_pixel_linear(w.to(dev), b.to(dev), on_features)
+        return {"pixels": int(len(y)), "seconds": round(time.time() - t, 2)}
 
     def decode(self, maps: list[torch.Tensor], size) -> torch.Tensor:
         """Token-only path: feature maps -> (B, num_out, *size) (bilinear resize of the decoder's

@@ -23,7 +23,8 @@ from finetune.backbone import feature_maps
 from finetune.config import FinetuneConfig, FinetuneSpec, KnnSpec, LinearProbeSpec
 from finetune.data import Task, train_subset
 from finetune.datasets import IGNORE
-from finetune.heads import DENSE_HEADS, IMAGE_HEADS, Classifier, DenseModel, linear_head, param_groups
+from finetune.heads import (DENSE_HEADS, IMAGE_HEADS, Classifier, DenseModel, linear_head, param_groups,
+                            pixel_linear_start)
 from finetune.metrics import (classification_metrics, multilabel_metrics, regression_metrics,
                               segmentation_metrics)
 from finetune.probe import logistic_probe
@@ -131,20 +132,33 @@ def _standardise(f: torch.Tensor, train: np.ndarray) -> torch.Tensor:
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, num_out: int, spec: LinearProbeSpec, seed: int,
-               kind: str = "classification", size=None, scale=(0.0, 1.0)) -> nn.Module:
+               kind: str = "classification", size=None, scale=(0.0, 1.0),
+               pixels: torch.Tensor | None = None) -> nn.Module:
     """Linear head on standardised features, AdamW + cosine lr. Image-level: x (N, D) -> (N, K).
-    Dense: x (N, D, h, w) -> 1x1 conv -> bilinear to `size` -> (N, K, H, W), pixel loss."""
+    Dense: x (N, D, h, w) -> 1x1 conv -> bilinear to `size` -> (N, K, H, W), pixel loss; with
+    `pixels` (N, C, H, W) (the standardised bands) plus a 1x1 conv of them at full resolution.
+    `head.predict(x[, pixels])` gives the outputs."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     head = linear_head(x.shape[1], num_out) if x.ndim == 2 else nn.Conv2d(x.shape[1], num_out, 1)
-    forward = (lambda z: head(z)) if x.ndim == 2 else (  # noqa: E731
-        lambda z: F.interpolate(head(z), size=size, mode="bilinear", align_corners=False))
+    if pixels is not None:   # start from the per-pixel linear model of the bands (it then needs few steps)
+        head.pixel = nn.Conv2d(pixels.shape[1], num_out, 1, bias=False)
+        w, b = pixel_linear_start(pixels.numpy(), y.numpy(), num_out, kind, scale, seed)
+        with torch.no_grad():
+            head.weight.zero_()
+            head.pixel.weight[:, :, 0, 0] = w
+            head.bias.copy_(b)
+
+    def forward(z, p=None):
+        out = head(z) if x.ndim == 2 else F.interpolate(head(z), size=size, mode="bilinear", align_corners=False)
+        return out if p is None else out + head.pixel(p)
+
     opt = torch.optim.AdamW(head.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     total = spec.epochs * math.ceil(len(x) / spec.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, total, 0))
     for _ in range(spec.epochs):
         for b in _batches(len(x), spec.batch_size, gen):
-            loss = _loss(kind, forward(x[b]), y[b], scale)
+            loss = _loss(kind, forward(x[b], None if pixels is None else pixels[b]), y[b], scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -168,10 +182,14 @@ def linear_probe(features: torch.Tensor, task: Task, train_idx: np.ndarray, spec
     scale = _target_scale(task, train_idx)
     y = torch.from_numpy(task.targets[train_idx])
     num_out = 1 if task.kind == "regression" else len(task.classes)
-    head = fit_linear(f[train_idx], y, num_out, spec, seed, task.kind, task.images.shape[2:], scale)
+    px = None   # dense probe on token maps: each pixel's bands enter too (finetune.heads, pixel path)
+    if spec.pixel_path and not task.image_level and tuple(features.shape[2:]) != tuple(task.images.shape[2:]):
+        px = _standardise(torch.from_numpy(task.images), train_idx)
+    head = fit_linear(f[train_idx], y, num_out, spec, seed, task.kind, task.images.shape[2:], scale,
+                      None if px is None else px[train_idx])
     with torch.no_grad():
-        out = [_outputs(task.kind, head.predict(f[task.test_idx][b]), scale)
-               for b in _batches(len(task.test_idx), FEATURE_BATCH)]
+        out = [_outputs(task.kind, head.predict(f[task.test_idx][b], None if px is None else px[task.test_idx][b]),
+                        scale) for b in _batches(len(task.test_idx), FEATURE_BATCH)]
     return torch.cat(out).numpy(), {}
 
 
@@ -221,7 +239,7 @@ def build_model(encoder: nn.Module, task: Task, spec: FinetuneSpec) -> nn.Module
         raise FinetuneError(f"finetune.head={head}: {task.kind} takes {', '.join(DENSE_HEADS)}")
     try:
         return DenseModel(encoder, 1 if task.kind == "regression" else len(task.classes), head, tuple(spec.layers),
-                          pixel_path=spec.pixel_path)
+                          pixel_path=spec.pixel_path, in_bands=task.images.shape[1])
     except ValueError as err:
         raise FinetuneError(f"finetune.layers: {err}") from None
 
@@ -234,11 +252,13 @@ def finetune(encoder: nn.Module, task: Task, train_idx: np.ndarray, spec: Finetu
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_model(encoder, task, spec).to(device)
+    scale = _target_scale(task, train_idx)
+    if isinstance(model, DenseModel) and spec.pixel_path and spec.pixel_init:
+        model.warm_start(task.images, task.targets, train_idx, task.kind, scale, task.wavelengths_nm, seed)
     if spec.freeze_encoder:
         model.encoder.requires_grad_(False)
     groups = param_groups(model, spec.lr, spec.weight_decay, spec.layer_decay)
     opt = torch.optim.AdamW(groups, lr=spec.lr)
-    scale = _target_scale(task, train_idx)
     targets = torch.from_numpy(task.targets)
     steps_per_epoch = math.ceil(len(train_idx) / spec.batch_size)
     total = spec.epochs * steps_per_epoch

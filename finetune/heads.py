@@ -13,11 +13,20 @@ Dense heads (segmentation: K class maps; regression: one map) read patch-grid fe
 Full-resolution pixel path (DenseModel(pixel_path=True), the default): token maps have stride p,
 so a decoder that only reads them cannot draw a boundary inside a patch, and on spectrally
 defined classes loses to a per-pixel linear model of the bands. Each dense head therefore also
-gets the input bands at full resolution (PixelPath: a per-pixel 1x1 projection whose weights
-are generated from the band wavelengths, so any band set works, 2 to 200+ bands), fused with
-the decoder's upsampled features; its class layer also reads the pixel features and the
-upsampled decoder features linearly, so the head contains both a per-pixel linear model of the
-normalised bands and the token-only decoder as special cases (FullResFusion).
+gets the normalised input bands at full resolution (FullResFusion):
+  pix     PixelPath: a per-pixel 1x1 projection of the bands (B, P, H, W): a free conv when the
+          band set is known (fine-tuning: in_bands=C, any C, 224-band hyperspectral included),
+          else with weights generated from the wavelengths (any band set, one set of weights)
+  ctx     the decoder's last features (stride p for linear, 1 for light, p/4 for upernet),
+          1x1 conv, bilinear to (H, W)
+  logits  1x1 conv(cat[3x3 conv(cat[ctx, pix]) -> GN -> GELU, ctx, pix]) + skip(bands)
+          (linear head: 1x1(ctx) + 1x1(pix) + skip(bands), still linear)
+where skip is a per-pixel linear model of all C bands (known band set). The head thus contains
+both a per-pixel linear model of the bands and the token-only decoder. DenseModel.warm_start
+fits that per-pixel model (logistic / ridge regression on training pixels) and sets the head to
+compute exactly it, the decoder's share at zero, so fine-tuning starts where the per-pixel
+baseline ends (linear-probe-then-fine-tune); a fresh head trained by a few epochs of AdamW at
+fine-tuning learning rates would not even reach the per-pixel model.
 Dense heads use GroupNorm (not BatchNorm): small downstream batches, batch-size independent.
 """
 from __future__ import annotations
@@ -199,13 +208,15 @@ class PixelPath(nn.Module):
 class FullResFusion(nn.Module):
     """Decoder features at any stride + the pixel path -> (B, num_out, H, W) at input size.
 
+    features (B, channels, h', w') at any stride, image (B, C, H, W) normalised bands:
     ctx = bilinear(1x1 conv(features) -> `width`) to (H, W); pix = PixelPath(image) (B, P, H, W);
     mixed = 3x3 conv(cat[ctx, pix]) -> GroupNorm -> GELU (B, width, H, W), where context and
-    pixel spectra meet (boundaries inside a patch); logits = 1x1 conv(cat[mixed, ctx, pix]).
-    The last layer reads pix and ctx directly, so a per-pixel linear model of the normalised bands
-    (and the upsampled decoder output) is one setting of it, whatever the decoder learns.
+    pixel spectra meet (boundaries inside a patch); logits = 1x1 conv(cat[mixed, ctx, pix])
+    + skip(image), skip a 1x1 conv of all C bands (only with in_bands; zero at init). The last
+    layer reads pix and ctx directly, so a per-pixel linear model of the normalised bands (and
+    the upsampled decoder output) is one setting of it, whatever the decoder learns.
     `linear=True` (the linear head) keeps the head linear: logits = bilinear(1x1(features)) +
-    1x1(pix), a linear model of the token features and the bands.
+    1x1(pix) + skip(image), a linear model of the token features and the bands.
     """
 
     def __init__(self, channels: int, num_out: int, pixel_dim: int = 32, width: int = 64, linear: bool = False,

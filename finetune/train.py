@@ -148,6 +148,13 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, num_out: int, spec: LinearProbe
             head.weight.zero_()
             head.pixel.weight[:, :, 0, 0] = w
             head.bias.copy_(b)
+    elif x.ndim == 4 and size is not None and tuple(x.shape[2:]) == tuple(size):
+        # full-resolution inputs (the dense input_stats baseline: the bands themselves): the same
+        # per-pixel logistic / ridge start, so the baseline is a converged per-pixel linear model
+        w, b = pixel_linear_start(x.numpy(), y.numpy(), num_out, kind, scale, seed)
+        with torch.no_grad():
+            head.weight[:, :, 0, 0] = w
+            head.bias.copy_(b)
 
     def forward(z, p=None):
         out = head(z) if x.ndim == 2 else F.interpolate(head(z), size=size, mode="bilinear", align_corners=False)

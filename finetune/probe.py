@@ -57,7 +57,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, rows: list[
     def closure():
         opt.zero_grad()
         w = g * z
-        logits = (xv @ w.reshape(len(w), -1)).reshape(n, p_count, num_classes) + b   # (n, P, K): one GEMM
+        logits = (xv @ w.reshape(len(w), p_count * num_classes)).reshape(n, p_count, num_classes) + b  # one GEMM
         ce = logits.logsumexp(-1) - (logits * onehot).sum(-1)                       # (n, P)
         loss = (w_rows * ce).sum() + 0.5 * (lam * w.pow(2)).sum()
         loss.backward()

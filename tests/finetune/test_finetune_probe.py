@@ -65,6 +65,13 @@ def test_cv_finds_the_weak_penalty_a_fixed_strong_one_misses():
     assert tiny["cv_folds"] == 0 and tiny["cv_accuracy"] == {}
 
 
+def test_constant_features_give_a_prior_only_model():
+    # a collapsed encoder (every feature constant) must yield an intercept-only model, not a crash
+    y = np.repeat(np.arange(3), [10, 6, 4])
+    logits, info = logistic_probe(torch.zeros(20, 8), y, torch.zeros(5, 8), 3, [0.01, 1.0])
+    assert logits.shape == (5, 3) and (logits.argmax(1) == 0).all() and info["l2"] in (0.01, 1.0)
+
+
 def test_stratified_folds():
     y = np.repeat(np.arange(3), [5, 5, 10])
     fold = stratified_folds(y, 5, seed=0)

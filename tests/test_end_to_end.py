@@ -28,7 +28,7 @@ def test_prep_pretrain_resume_export_finetune(tmp_path):
     _run([sys.executable, "-m", "data_prep", "run", str(prep_recipe(tmp_path, [SSL4EO_S2A, MT_N9999], data, size=32)),
           "--quiet"])
     run = tmp_path / "pretrain"
-    common = ["configs/pretrain/quickstart.yaml", f"data.path={data}", f"train.out={run}", "data.batch_size=8",
+    common = ["configs/pretrain/mae_quickstart.yaml", f"data.path={data}", f"train.out={run}", "data.batch_size=8",
               "data.num_workers=1", "engine.zero_stage=2", "train.log_every=1", "train.checkpoint_every=3",
               "train.progress=false", "model.depth=2", "objective.decoder_depth=1", "optim.warmup_steps=2",
               "train.log_batch_keys=true"]
@@ -76,7 +76,7 @@ def test_prep_pretrain_resume_export_finetune(tmp_path):
         assert torch.equal(v, state["backbone." + k]), k
 
     ft = tmp_path / "finetune"
-    r = _run([sys.executable, "-m", "finetune", "configs/finetune/quickstart.yaml", f"model.export={export}",
+    r = _run([sys.executable, "-m", "finetune", "configs/finetune/ndvi_cover.yaml", f"model.export={export}",
               f"data.path={data}", f"output.path={ft}", "finetune.epochs=1"])
     report = json.loads((ft / "metrics.json").read_text())
     for protocol in ("linear_probe", "finetune"):

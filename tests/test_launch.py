@@ -13,7 +13,7 @@ def _dry(script, tmp_path, **env):
     for k in ("SLURM_JOB_NODELIST", "SLURM_JOB_NUM_NODES", "SLURM_GPUS_ON_NODE", "SLURM_JOB_ID", "MASTER_ADDR"):
         if k not in env:
             full.pop(k, None)
-    return subprocess.run(["bash", f"launch/{script}", "configs/pretrain/quickstart.yaml", "train.steps=5"], cwd=ROOT,
+    return subprocess.run(["bash", f"launch/{script}", "configs/pretrain/mae_quickstart.yaml", "train.steps=5"], cwd=ROOT,
                           capture_output=True, text=True, env=full, timeout=60)
 
 
@@ -26,7 +26,7 @@ def test_torchrun_single_and_multi_node(tmp_path):
     r = _dry("torchrun.sh", tmp_path, NPROC="4")
     assert r.returncode == 0 and r.stdout.splitlines() == [
         "[node 0 of 1] python3 -m torch.distributed.run --nnodes 1 --nproc_per_node 4 --standalone "
-        "-m pretrain configs/pretrain/quickstart.yaml train.steps=5"]
+        "-m pretrain configs/pretrain/mae_quickstart.yaml train.steps=5"]
     r = _dry("torchrun.sh", tmp_path, NPROC="8", NNODES="3", MASTER_ADDR="head", MASTER_PORT="1234")
     lines = r.stdout.splitlines()
     assert len(lines) == 3 and all("--nnodes 3 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint head:1234 "
@@ -48,7 +48,7 @@ def test_slurm_rendezvous_from_the_allocation(tmp_path):
     lines = [line for line in r.stdout.splitlines() if line.startswith("[")]
     assert [line.split("]")[0] for line in lines] == ["[gpu07 node 0 of 2", "[gpu08 node 1 of 2"]
     assert all("--nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint gpu07:29500 --rdzv_id 4242 "
-               "-m pretrain configs/pretrain/quickstart.yaml train.steps=5" in line for line in lines)
+               "-m pretrain configs/pretrain/mae_quickstart.yaml train.steps=5" in line for line in lines)
     r = _dry("slurm.sbatch", tmp_path)
     assert r.returncode != 0 and "not inside a SLURM allocation" in r.stderr
 

@@ -20,7 +20,11 @@ target S_ij / sum_j S_ij [default], "bce" = elementwise BCE of sigmoid(logit) ag
 threshold 0.05 for multi-hot labels, equal weights, mean-pooled patch tokens.
 
 Labels come from the `landcover` (B, K) class fractions that shard preparation attaches
-(`landcover.path` in the prep recipe); a batch without them is an error.
+(`landcover.path` in the prep recipe); a batch without them is an error unless soft_weight is 0.
+With soft_weight 0 only the hard term is left: plain instance contrast (MoCo v3 / SimCLR-style
+positives = two views of one scene), which needs no labels at all. That is the quickstart's
+objective: on small unlabelled data it gives features that a linear probe separates better
+than MAE's (docs/BENCHMARKS.md, "why pretraining hurt").
 """
 from __future__ import annotations
 
@@ -93,11 +97,12 @@ class SoftContrastive(TeacherStudent):
     # ---- views (all randomness here) -------------------------------------------------------
     @torch.no_grad()
     def make_views(self, batch: dict) -> dict:
-        if batch.get("landcover") is None:
+        if batch.get("landcover") is None and self.soft_weight != 0:
             raise ValueError(
                 "soft_contrastive needs land-cover labels, but the batch has no 'landcover': prepare the "
                 "shards with a land-cover map (prep recipe section `landcover: {path: ..., classes: ...}`; "
-                "with `keep_uncovered: true` batches holding uncovered chips carry no labels)")
+                "with `keep_uncovered: true` batches holding uncovered chips carry no labels), or set "
+                "objective.soft_weight=0 for plain instance contrast")
         image, valid, wl, gsd = flat_inputs(batch)
         b, t, _, h, w = image.shape
         frame = torch.randint(0, t, (b,), device=image.device)
@@ -107,7 +112,8 @@ class SoftContrastive(TeacherStudent):
         p = self.backbone.patch_size
         return {"student": s_img, "student_gsd": s_gsd, "teacher": t_img, "teacher_gsd": t_gsd,
                 "noise": torch.rand(b, (h // p) * (w // p), device=image.device),
-                "labels": batch["landcover"].to(image.device).float(), "wavelengths": wl}
+                "labels": None if batch.get("landcover") is None else batch["landcover"].to(image.device).float(),
+                "wavelengths": wl}
 
     def _labels(self, y: torch.Tensor) -> torch.Tensor:
         return (y > self.threshold).float() if self.label_form == "multihot" else y
@@ -131,19 +137,23 @@ class SoftContrastive(TeacherStudent):
         b = z.shape[0]
         own = torch.arange(b, device=z.device) + global_offset(b)     # own column in the gathered batch
         zt_all = all_gather_nograd(zt)                                  # (N, d)
-        y = self._labels(v["labels"])
-        target = label_similarity(y, all_gather_nograd(y), self.similarity)
-        target[torch.arange(b, device=z.device), own] = 1.0             # a scene is its own positive
-
         cos = z @ zt_all.T                                              # (B, N)
         logits = cos / self.temperature
         hard = F.cross_entropy(logits, own)
-        soft = self._soft(logits, cos, target)
+        soft = None
+        if v["labels"] is not None:      # no labels: instance contrast (soft_weight is 0)
+            y = self._labels(v["labels"])
+            target = label_similarity(y, all_gather_nograd(y), self.similarity)
+            target[torch.arange(b, device=z.device), own] = 1.0         # a scene is its own positive
+            soft = self._soft(logits, cos, target)
         if self.symmetric:        # columns: each local teacher key against every student query
             cos_c = zt @ all_gather_grad(z).T
             logits_c = cos_c / self.temperature
             hard = 0.5 * (hard + F.cross_entropy(logits_c, own))
-            soft = 0.5 * (soft + self._soft(logits_c, cos_c, target))   # S is symmetric
+            if soft is not None:
+                soft = 0.5 * (soft + self._soft(logits_c, cos_c, target))   # S is symmetric
+        if soft is None:
+            soft = torch.zeros((), device=z.device)
         loss = self.hard_weight * hard + self.soft_weight * soft
         with torch.no_grad():
             pos = cos.gather(1, own[:, None])[:, 0]

@@ -10,7 +10,7 @@ from finetune.cli import main
 from finetune.config import FinetuneConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs/finetune"
-QUICKSTART = str(CONFIGS / "quickstart.yaml")
+QUICKSTART = str(CONFIGS / "ndvi_cover.yaml")   # an eofm dataset with chip-derived labels
 
 FAST = ["linear_probe.epochs=20", "finetune.epochs=1", "finetune.batch_size=16", "--quiet"]
 
@@ -102,8 +102,15 @@ def test_help_lists_every_key(capsys):
         assert key in text
 
 
-@pytest.mark.parametrize("name", ["quickstart", "real_s2"])
-def test_bundled_recipes_load(name):
+@pytest.mark.parametrize("name,run", [("ndvi_cover", "quickstart"), ("real_s2", "real_s2")])
+def test_bundled_recipes_load(name, run):
     cfg = load_recipe(FinetuneConfig, CONFIGS / f"{name}.yaml")
-    assert cfg.model.export == f"runs/{name}/export" and cfg.data.path == f"runs/{name}/data"
+    assert cfg.model.export == f"runs/{run}/export" and cfg.data.path == f"runs/{run}/data"
     assert cfg.protocols == ["linear_probe", "knn", "finetune"] and cfg.data.labels == "ndvi_cover"
+
+
+def test_quickstart_recipe_evaluates_on_the_bundled_eurosat_tiles():
+    cfg = load_recipe(FinetuneConfig, CONFIGS / "quickstart.yaml")
+    root = Path(__file__).resolve().parents[2]
+    assert cfg.data.format == "eurosat" and (root / cfg.data.path / "SeaLake").is_dir()
+    assert cfg.data.repeats >= 5 and cfg.random_baseline and cfg.input_stats_baseline

@@ -24,8 +24,8 @@ def test_pretrain_help_lists_every_recipe_key():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["configs/pretrain/quickstart.yaml", "data.path=/nonexistent/ds"], "no manifest.json"),
-    (["configs/pretrain/quickstart.yaml", "optim.lr=fast"], "optim.lr: expected float"),
+    (["configs/pretrain/mae_quickstart.yaml", "data.path=/nonexistent/ds"], "no manifest.json"),
+    (["configs/pretrain/mae_quickstart.yaml", "optim.lr=fast"], "optim.lr: expected float"),
     (["configs/missing.yaml"], "recipe file not found"),
 ])
 def test_pretrain_bad_input_is_one_clear_line(args, message):
@@ -58,7 +58,7 @@ def test_fp16_without_gpu_is_a_clear_error():
     import torch
     if torch.cuda.is_available():
         pytest.skip("has a GPU")
-    r = _cli("pretrain", "configs/pretrain/quickstart.yaml", "engine.precision=fp16", "data.path=../shared/data/none")
+    r = _cli("pretrain", "configs/pretrain/mae_quickstart.yaml", "engine.precision=fp16", "data.path=../shared/data/none")
     assert r.returncode == 2 and "fp16 needs a GPU" in r.stderr
 
 

@@ -20,7 +20,7 @@ def dataset(tmp_path_factory):
 
 
 def _run(dataset, out, *extra):
-    r = subprocess.run([sys.executable, "-m", "pretrain", "configs/pretrain/quickstart.yaml", f"data.path={dataset}",
+    r = subprocess.run([sys.executable, "-m", "pretrain", "configs/pretrain/mae_quickstart.yaml", f"data.path={dataset}",
                         f"train.out={out}", *TINY, *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

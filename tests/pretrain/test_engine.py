@@ -30,11 +30,11 @@ def test_recipes_in_configs_folder_load():
 ])
 def test_bad_recipe_values(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_recipe(PretrainConfig, ROOT / "configs/pretrain/quickstart.yaml", [override])
+        load_recipe(PretrainConfig, ROOT / "configs/pretrain/mae_quickstart.yaml", [override])
 
 
 def test_no_weight_decay_on_norms_biases_tokens():
-    cfg = load_recipe(PretrainConfig, ROOT / "configs/pretrain/quickstart.yaml", ["model.depth=1", "objective.decoder_depth=1"])
+    cfg = load_recipe(PretrainConfig, ROOT / "configs/pretrain/mae_quickstart.yaml", ["model.depth=1", "objective.decoder_depth=1"])
     model = build_model(cfg)
     groups = param_groups(model, cfg.optim)
     decay, no_decay = groups
@@ -45,7 +45,7 @@ def test_no_weight_decay_on_norms_biases_tokens():
 
 
 def test_layer_decay_and_group_overrides():
-    cfg = load_recipe(PretrainConfig, ROOT / "configs/pretrain/quickstart.yaml", [
+    cfg = load_recipe(PretrainConfig, ROOT / "configs/pretrain/mae_quickstart.yaml", [
         "model.depth=2", "objective.decoder_depth=1", "optim.layer_decay=0.5",
         "optim.groups=[{match: '^decoder', lr_scale: 0.1, weight_decay: 0.0}]"])
     model = build_model(cfg)

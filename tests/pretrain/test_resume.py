@@ -47,7 +47,7 @@ def shards(tmp_path_factory):
 
 
 def _args(data, run, *more):
-    return ["configs/pretrain/quickstart.yaml", f"data.path={data}", f"train.out={run}", "data.batch_size=8",
+    return ["configs/pretrain/mae_quickstart.yaml", f"data.path={data}", f"train.out={run}", "data.batch_size=8",
             "data.num_workers=0", "model.depth=1", "objective.decoder_depth=1", "objective.decoder_dim=32",
             "train.log_every=1", "train.progress=false", "train.checkpoint_every=100", "engine.zero_stage=3",
             f"optim.lr={LR}", f"optim.min_lr={MIN_LR}", f"optim.warmup_steps={WARMUP}",

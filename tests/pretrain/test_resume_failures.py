@@ -24,7 +24,7 @@ def shards(tmp_path_factory):
 
 
 def _args(data, run, *more):
-    return ["configs/pretrain/quickstart.yaml", f"data.path={data}", f"train.out={run}", "data.batch_size=4",
+    return ["configs/pretrain/mae_quickstart.yaml", f"data.path={data}", f"train.out={run}", "data.batch_size=4",
             "data.num_workers=0", "model.depth=1", "objective.decoder_depth=1", "objective.decoder_dim=32",
             "train.log_every=1", "train.progress=false", *more]
 

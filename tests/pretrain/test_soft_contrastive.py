@@ -45,6 +45,32 @@ def test_missing_landcover_is_a_clear_error():
         tiny_objective("soft_contrastive")(batch)
 
 
+def test_soft_weight_zero_is_instance_contrast_without_labels():
+    """soft_weight 0: no land cover needed; the loss is the hard InfoNCE term alone, the same
+    number as with labels present (the soft term contributes nothing), and it trains."""
+    batch = make_batch(b=6)
+    no_labels = {k: v for k, v in batch.items() if k != "landcover"}
+    torch.manual_seed(5)
+    with_labels = tiny_objective("soft_contrastive", soft_weight=0.0)(batch)
+    torch.manual_seed(5)
+    out = tiny_objective("soft_contrastive", soft_weight=0.0)(no_labels)
+    assert torch.allclose(out["loss"], with_labels["loss"]) and out["loss_soft"] == 0
+    assert torch.allclose(out["loss"], out["loss_hard"])
+    out["loss"].backward()
+    obj = tiny_objective("soft_contrastive", soft_weight=0.0)
+    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for step in range(30):
+        torch.manual_seed(100 + step)
+        loss = obj(no_labels)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        obj.set_progress(step + 1, 30)
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5     # the views of one scene are found
+
+
 def test_label_similarity_cosine_jaccard_multihot():
     y = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     cos = label_similarity(y, y, "cosine")

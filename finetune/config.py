@@ -113,7 +113,8 @@ class FinetuneSpec:
     #                                    dense tasks: linear | light | upernet; auto: linear / upernet
     layers: list[int] = field(default_factory=list)   # blocks the dense decoder reads ([] = last; upernet: 4 spread)
     pixel_path: bool = True            # dense heads: fuse the input bands at full resolution (finetune.heads.PixelPath)
-    pixel_init: bool = True            # dense heads with pixel_path: start from a per-pixel linear model of the bands (DenseModel.warm_start)
+    pixel_init: bool = True            # with pixel_path: start from the per-pixel linear model of the bands
+    #                                    (DenseModel.warm_start: logistic / ridge fit on training pixels)
     freeze_encoder: bool = False       # train the head only (PANGAEA's frozen-encoder protocol)
     augment: bool = True               # random flips / 90-degree rotations of training chips (and their label maps)
 

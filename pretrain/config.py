@@ -76,14 +76,12 @@ class SelectiveMAESpec:
 
 # objective name -> its typed settings; the `objective` section is {name: ..., **settings}
 @dataclass
-class ContrastiveSpec:
-    """Settings shared by the contrastive objectives (views are made inside the objective)."""
+class ViewContrastSpec:
+    """Settings of every two-view contrastive objective (views are made inside the objective)."""
     temperature: float = 0.2          # softmax temperature of the InfoNCE terms
     proj_hidden_dim: int = 512        # projection MLP hidden width
     proj_dim: int = 128               # embedding (projection output) width
     pool: Literal["mean", "cls"] = "mean"   # backbone output fed to the projector
-    ema_momentum: float = 0.996       # teacher momentum at step 0
-    ema_momentum_end: float = 1.0     # cosine schedule to this at train.steps (= ema_momentum: constant)
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])   # random resized crop, area fraction range
     flips: bool = True                # random flips and 90-degree rotations
     brightness: float = 0.4           # jitter: additive shift in normalised units, U(-b, b)
@@ -95,11 +93,26 @@ class ContrastiveSpec:
     def __post_init__(self):
         if self.temperature <= 0 or self.proj_hidden_dim < 1 or self.proj_dim < 1:
             raise ValueError("temperature must be > 0, proj_hidden_dim and proj_dim >= 1")
+        if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class InstanceContrastiveSpec(ViewContrastSpec):
+    """Instance contrast (SimCLR-style): two views of each chip, one encoder, no labels, no teacher."""
+
+
+@dataclass
+class ContrastiveSpec(ViewContrastSpec):
+    """Settings shared by the contrastive objectives with an EMA teacher."""
+    ema_momentum: float = 0.996       # teacher momentum at step 0
+    ema_momentum_end: float = 1.0     # cosine schedule to this at train.steps (= ema_momentum: constant)
+
+    def __post_init__(self):
+        super().__post_init__()
         if not (0.0 <= self.ema_momentum <= 1.0 and 0.0 <= self.ema_momentum_end <= 1.0):
             raise ValueError(f"ema_momentum and ema_momentum_end must be in [0, 1], got "
                              f"{self.ema_momentum}, {self.ema_momentum_end}")
-        if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
-            raise ValueError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
 
 
 @dataclass
@@ -139,6 +152,7 @@ class SeasonContrastiveSpec(ContrastiveSpec):
 
 
 OBJECTIVE_SPECS = {"mae": MAESpec, "selective_mae": SelectiveMAESpec, "soft_contrastive": SoftContrastiveSpec,
+                   "instance_contrastive": InstanceContrastiveSpec,
                    "season_contrastive": SeasonContrastiveSpec}
 
 

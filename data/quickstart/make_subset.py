@@ -21,10 +21,14 @@ PRODUCTS = [
     "Major-TOM-Core/S2L2A/199U/199U_1099R/S2B_MSIL2A_20200223T032739_N9999_R018_T48QUE_20230924T183543",
     "SSL4EO-S12/s2a/0000200/20200604T054639_20200604T054831_T43RCP",
     "SSL4EO-S12/s2a/0000200/20200813T054639_20200813T054952_T43RCP",
+    # The same SSL4EO-S12 location as L1C (top-of-atmosphere, like EuroSAT), two dates.
+    "SSL4EO-S12/s2c/0000200/20200604T054639_20200604T054831_T43RCP",
+    "SSL4EO-S12/s2c/0000200/20200823T054639_20200823T055618_T43RCP",
 ]
 
 for rel in PRODUCTS:
-    src_dir, dst_dir = SRC / rel, DST / rel.split("/", 1)[0] / Path(rel).name
+    level = "S2L1C" if "/s2c/" in rel else "S2L2A"
+    src_dir, dst_dir = SRC / rel, DST.parent / level / rel.split("/", 1)[0] / Path(rel).name
     dst_dir.mkdir(parents=True, exist_ok=True)
     for f in sorted(src_dir.iterdir()):
         if f.suffix == ".json":

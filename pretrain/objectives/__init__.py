@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
+from pretrain.objectives.instance_contrastive import InstanceContrastive
 from pretrain.objectives.mae import MAE
 from pretrain.objectives.season_contrastive import SeasonContrastive
 from pretrain.objectives.soft_contrastive import SoftContrastive
 from pretrain.objectives.selective_mae import SelectiveMAE
 
-__all__ = ["OBJECTIVES", "build_objective", "MAE", "SoftContrastive", "SeasonContrastive", "SelectiveMAE"]
+__all__ = ["OBJECTIVES", "build_objective", "MAE", "InstanceContrastive", "SoftContrastive", "SeasonContrastive", "SelectiveMAE"]
 
-OBJECTIVES = {"mae": MAE, "soft_contrastive": SoftContrastive, "season_contrastive": SeasonContrastive,
+OBJECTIVES = {"mae": MAE, "soft_contrastive": SoftContrastive,
+              "instance_contrastive": InstanceContrastive, "season_contrastive": SeasonContrastive,
               "selective_mae": SelectiveMAE}
 
 

@@ -179,3 +179,20 @@ if __name__ == "__main__":       # python -m tests.pretrain.contrastive_helpers 
 
     from tests.conftest import SSL4EO_S2A
     print(derived_landcover(sorted(p for p in SSL4EO_S2A.iterdir() if p.is_dir()), Path(sys.argv[1])))
+
+
+def train_losses(obj, batch: dict, steps: int = 30, lr: float = 3e-3) -> list[float]:
+    """AdamW on `obj` for `steps` steps on one fixed batch (fresh views each step, seeded);
+    calls the objective's `set_progress` hook when it has one. Returns the losses."""
+    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for step in range(steps):
+        torch.manual_seed(100 + step)
+        loss = obj(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if hasattr(obj, "set_progress"):
+            obj.set_progress(step + 1, steps)
+        losses.append(loss.item())
+    return losses

@@ -16,7 +16,7 @@ from pretrain.engine import param_groups
 from pretrain.objectives._contrastive_common import ema_momentum
 from pretrain.objectives.soft_contrastive import label_similarity
 from tests.conftest import ROOT, SSL4EO_S2A
-from tests.pretrain.contrastive_helpers import derived_landcover, make_batch, tiny_objective
+from tests.pretrain.contrastive_helpers import derived_landcover, make_batch, tiny_objective, train_losses
 
 
 def test_contract_gradient_on_every_trainable_parameter_teacher_frozen():
@@ -57,17 +57,7 @@ def test_soft_weight_zero_is_instance_contrast_without_labels():
     assert torch.allclose(out["loss"], with_labels["loss"]) and out["loss_soft"] == 0
     assert torch.allclose(out["loss"], out["loss_hard"])
     out["loss"].backward()
-    obj = tiny_objective("soft_contrastive", soft_weight=0.0)
-    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for step in range(30):
-        torch.manual_seed(100 + step)
-        loss = obj(no_labels)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        obj.set_progress(step + 1, 30)
-        losses.append(loss.item())
+    losses = train_losses(tiny_objective("soft_contrastive", soft_weight=0.0), no_labels)
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5     # the views of one scene are found
 
 

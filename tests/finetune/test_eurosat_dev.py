@@ -6,7 +6,7 @@ from pathlib import Path
 
 import finetune.train
 from finetune.cli import main
-from tests.conftest import needs_shared
+from tests.conftest import ROOT
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs/finetune/eurosat_dev.yaml"
 L2A_STATS = {"sentinel2_l2a": {"bands": ["B02", "B03", "B04", "B08"], "wavelengths_nm": [490.0, 560.0, 665.0, 842.0],
@@ -14,7 +14,7 @@ L2A_STATS = {"sentinel2_l2a": {"bands": ["B02", "B03", "B04", "B08"], "wavelengt
 
 
 def test_eurosat_dev_benchmark(capsys, monkeypatch, tmp_path, make_export):
-    data = needs_shared("EuroSAT_MS_dev")
+    data = ROOT / "data/eurosat_dev"     # the same 80 tiles, bundled (pixel-identical copies)
     export = make_export(tmp_path / "export", L2A_STATS, seed=1)
     extracted = []
     real_extract = finetune.train.extract_features

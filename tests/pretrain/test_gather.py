@@ -51,6 +51,7 @@ def test_two_ranks_forward_order_and_summed_local_gradient(two_ranks):
 CASES = [
     ("soft_contrastive", {}),                                            # symmetric: gradient through the gather
     ("soft_contrastive", {"soft_loss": "mse", "label_form": "multihot", "symmetric": False}),
+    ("instance_contrastive", {}),                                        # both views' embeddings gathered with gradient
     ("season_contrastive", {"negatives": "batch"}),
     ("season_contrastive", {"negatives": "queue", "queue_size": 10, "mode": "season_invariant"}),
 ]

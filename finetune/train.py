@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from finetune import FinetuneError
 from finetune.backbone import feature_maps
+from finetune.baselines import NAME as INPUT, input_features
 from finetune.config import FinetuneConfig, FinetuneSpec, KnnSpec, LinearProbeSpec
 from finetune.data import Task, train_subset
 from finetune.datasets import IGNORE
@@ -30,7 +31,7 @@ from finetune.metrics import (classification_metrics, multilabel_metrics, regres
 from finetune.probe import logistic_probe
 
 FEATURE_BATCH = 64  # chips per forward pass when only features are needed (no activations kept)
-RANDOM, INPUT = "_random_init", "input_stats"   # result-name suffix of the random twin; the baseline's name
+RANDOM = "_random_init"   # result-name suffix of the random twin (INPUT: the baseline's name)
 HEADLINE = {"classification": ("accuracy", "macro_f1"), "multilabel": ("map_macro", "map_micro", "f1_micro"),
             "segmentation": ("miou", "accuracy"), "regression": ("rmse", "mae", "r2")}
 
@@ -141,19 +142,19 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, num_out: int, spec: LinearProbe
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     head = linear_head(x.shape[1], num_out) if x.ndim == 2 else nn.Conv2d(x.shape[1], num_out, 1)
-    if pixels is not None:   # start from the per-pixel linear model of the bands (it then needs few steps)
-        head.pixel = nn.Conv2d(pixels.shape[1], num_out, 1, bias=False)
-        w, b = pixel_linear_start(pixels.numpy(), y.numpy(), num_out, kind, scale, seed)
+    # Start from the per-pixel logistic / ridge model of the bands (it then needs few steps): the
+    # bands come as `pixels` beside token maps, or are `x` itself at full resolution (the dense
+    # input_stats baseline, which is then a converged per-pixel linear model).
+    bands = pixels if pixels is not None else (
+        x if x.ndim == 4 and size is not None and tuple(x.shape[2:]) == tuple(size) else None)
+    if bands is not None:
+        if pixels is not None:
+            head.pixel = nn.Conv2d(pixels.shape[1], num_out, 1, bias=False)
+        w, b = pixel_linear_start(bands.numpy(), y.numpy(), num_out, kind, scale, seed)
         with torch.no_grad():
-            head.weight.zero_()
-            head.pixel.weight[:, :, 0, 0] = w
-            head.bias.copy_(b)
-    elif x.ndim == 4 and size is not None and tuple(x.shape[2:]) == tuple(size):
-        # full-resolution inputs (the dense input_stats baseline: the bands themselves): the same
-        # per-pixel logistic / ridge start, so the baseline is a converged per-pixel linear model
-        w, b = pixel_linear_start(x.numpy(), y.numpy(), num_out, kind, scale, seed)
-        with torch.no_grad():
-            head.weight[:, :, 0, 0] = w
+            if pixels is not None:
+                head.weight.zero_()        # token features start at 0: the start is the bands' model
+            (head.pixel if pixels is not None else head).weight[:, :, 0, 0] = w
             head.bias.copy_(b)
 
     def forward(z, p=None):
@@ -352,7 +353,6 @@ def run(cfg: FinetuneConfig, progress: bool = True) -> dict:
     from data_prep.recipe import to_dict
     from finetune import labels as label_sources
     from finetune.backbone import load_backbone, random_backbone
-    from finetune.baselines import input_features
     from finetune.report import write_report
 
     started = time.time()
